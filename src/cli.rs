@@ -1,0 +1,253 @@
+//! The command line: parse, run, print the error once, choose the exit code.
+
+use crate::bench::{self, BenchError, BenchOptions};
+use crate::estimate::{self, Backend, EngineProfile, Workload};
+use crate::plan::Grid;
+use crate::probe::host::HostAllocProbe;
+use crate::report;
+use crate::runner::WeightsSource;
+use crate::spec::{DType, ModelSpec, SpecError};
+use crate::store;
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// How much memory does this LLM really need? Estimates from config.json, checked
+/// against real forward passes.
+#[derive(Debug, Parser)]
+#[command(name = "vramprobe", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Estimate memory for a model, batch and context from its config.json (instant).
+    Estimate(EstimateArgs),
+    /// Load a model with candle, run real forward passes over a grid of batch x context,
+    /// and compare the measured peaks with the estimate, point by point.
+    Bench(BenchArgs),
+}
+
+/// Where the modelled engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EstimateArgs {
+    /// A model directory holding config.json, or the config.json itself.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Element type of weights and activations [default: the config's torch_dtype, else bf16].
+    #[arg(long)]
+    pub dtype: Option<DType>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Prompt length in tokens [default: the model's max_position_embeddings minus the decode steps].
+    #[arg(long)]
+    pub context: Option<u64>,
+    /// Tokens generated after the prompt.
+    #[arg(long, default_value_t = 8)]
+    pub decode_steps: u64,
+    /// Where the engine runs: candle's CPU matmul widens bf16 to f32, CUDA does not.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cuda)]
+    pub device: DeviceArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A model directory holding config.json, or the config.json itself
+    /// [default: the built-in tiny Llama, models/vramprobe-tiny-llama].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Element type to load and run the model in.
+    #[arg(long, default_value = "f32")]
+    pub dtype: DType,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 2, 4])]
+    pub batch: Vec<u64>,
+    /// Context lengths (prompt tokens), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [128u64, 256, 512, 1024])]
+    pub context: Vec<u64>,
+    /// Decode steps measured after each prefill.
+    #[arg(long, default_value_t = 8)]
+    pub decode_steps: u64,
+    /// `synthetic` (seeded random values of the right shapes) or a directory of
+    /// *.safetensors files.
+    #[arg(long, default_value = "synthetic")]
+    pub weights: String,
+    /// Seed of the synthetic weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run directory [default: runs/<UTC timestamp>-<model>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the points as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit code for bad input (a config, a flag, an existing run directory).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Parse the command line, run it, report the error once.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VRAMPROBE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if is_bad_input(&e) {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<SpecError>()
+            || c.is::<crate::plan::PlanError>()
+            || matches!(
+                c.downcast_ref::<BenchError>(),
+                Some(BenchError::Plan(_))
+                    | Some(BenchError::Store(store::StoreError::Exists { .. }))
+                    | Some(BenchError::Run(crate::runner::RunError::Unsupported { .. }))
+                    | Some(BenchError::Run(crate::runner::RunError::BadTensor { .. }))
+                    | Some(BenchError::Run(crate::runner::RunError::NoWeights { .. }))
+            )
+    })
+}
+
+/// Run a parsed command.
+///
+/// # Errors
+/// Whatever the command reports, with context.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Estimate(a) => run_estimate(a),
+        Command::Bench(a) => run_bench(a),
+    }
+}
+
+fn load_spec(model: Option<&Path>) -> Result<ModelSpec, SpecError> {
+    match model {
+        Some(p) => ModelSpec::from_path(p),
+        None => ModelSpec::from_json_str(crate::TINY_CONFIG, Path::new(crate::TINY_CONFIG_PATH)),
+    }
+}
+
+fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
+    let spec = load_spec(Some(&a.model))?;
+    let dtype = a.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
+    let context = a.context.unwrap_or_else(|| {
+        spec.max_position_embeddings
+            .saturating_sub(a.decode_steps)
+            .max(2)
+    });
+    let grid = Grid {
+        batches: vec![a.batch],
+        contexts: vec![context],
+        decode_steps: a.decode_steps,
+    };
+    let w: Workload = grid.workloads(&spec)?[0];
+    let backend = match a.device {
+        DeviceArg::Cpu => Backend::Cpu,
+        DeviceArg::Cuda => Backend::Cuda,
+    };
+    let e = estimate::estimate(&spec, dtype, EngineProfile::CandleEager, backend, w);
+    if a.json {
+        let phase = |p: &estimate::PhaseEstimate| json!({"total_bytes": p.total_bytes(), "components": p.peak.to_map()});
+        let v = json!({
+            "model": spec.name(),
+            "config": spec.source,
+            "params": e.params,
+            "dtype": dtype,
+            "weights_bytes": e.weights_bytes,
+            "kv_cache_bytes_per_token": e.kv_cache_bytes_per_token,
+            "engine": e.engine.as_str(),
+            "device": backend.as_str(),
+            "batch": w.batch,
+            "context": w.context,
+            "decode_steps": w.decode_steps,
+            "total_bytes": e.total_bytes(),
+            "peak_phase": e.peak_phase().phase.as_str(),
+            "components": e.peak_phase().peak.to_map(),
+            "phases": {"prefill": phase(&e.prefill), "decode": phase(&e.decode)},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", report::estimate_table(&spec.name(), &e));
+    }
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let spec = load_spec(a.model.as_deref())?;
+    let weights = if a.weights == "synthetic" {
+        WeightsSource::Synthetic { seed: a.seed }
+    } else {
+        WeightsSource::Local(PathBuf::from(&a.weights))
+    };
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-{}",
+            store::utc_stamp(std::time::SystemTime::now()),
+            spec.name()
+        ))
+    });
+    let opts = BenchOptions {
+        spec,
+        dtype: a.dtype,
+        grid: Grid {
+            batches: a.batch,
+            contexts: a.context,
+            decode_steps: a.decode_steps,
+        },
+        weights,
+        out: out.clone(),
+        command: std::env::args().collect(),
+    };
+    let points = bench::run(&opts, &HostAllocProbe, |p| {
+        tracing::info!(batch = p.batch, context = p.context, phase = %p.phase, error = p.error_ratio, "point stored");
+    })
+    .with_context(|| format!("bench into {}", out.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&points)?);
+    } else {
+        print!("{}", report::bench_table(&points));
+        print!("{}", report::bench_summary(&points));
+        println!("run written to {}", out.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,267 @@
+//! Memory estimates: pure arithmetic over a [`ModelSpec`], no I/O, no runtime crates.
+//!
+//! The estimate is made for a named engine, because what matters is what a real engine
+//! allocates. [`EngineProfile::CandleEager`] models candle-transformers 0.11's
+//! `models/llama.rs` tensor by tensor: [`candle`] replays the allocations and frees of
+//! one forward pass in the order that code makes them and reports the high-water mark,
+//! broken down into named [`Component`]s.
+
+pub mod candle;
+
+use crate::spec::{DType, ModelSpec};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The inference engine whose allocations are modelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineProfile {
+    /// candle-transformers' llama without flash-attn, as [`candle`] describes.
+    CandleEager,
+}
+
+impl EngineProfile {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EngineProfile::CandleEager => "candle-eager",
+        }
+    }
+}
+
+/// Where the engine runs: some engines allocate differently per backend (candle's CPU
+/// matmul has no bf16 kernel and widens both operands to f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Cpu,
+    Cuda,
+}
+
+impl Backend {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
+/// One measured or estimated step of a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The forward pass over the whole prompt of `context` tokens, with an empty cache.
+    Prefill,
+    /// `decode_steps` single-token forward passes after the prefill, the KV cache growing.
+    Decode,
+}
+
+impl Phase {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+        }
+    }
+}
+
+/// What is run: `batch` sequences of `context` prompt tokens, then `decode_steps` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub batch: u64,
+    pub context: u64,
+    pub decode_steps: u64,
+}
+
+/// The named parts of the memory in use at a peak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    /// Every parameter tensor, in the model dtype.
+    Weights,
+    /// Rotary cos and sin tables, precomputed for every position up to
+    /// `max_position_embeddings`: `2 * max_pos * head_dim/2 * dtype`.
+    RopeTables,
+    /// Keys and values of every layer: `2 * layers * batch * kv_heads * tokens * head_dim * dtype`.
+    KvCache,
+    /// The u8 causal mask, `context * context` bytes, cached inside candle's `Cache`.
+    CausalMask,
+    /// Token ids, embeddings, the residual stream, norm outputs and projections back to
+    /// the hidden size: multiples of `batch * seq * hidden * dtype`.
+    HiddenStates,
+    /// q/k/v projections and their contiguous and rotated copies (the code shadows each,
+    /// so all stay alive until the attention returns).
+    QkvProjections,
+    /// `repeat_kv` copies of K and V expanded to every query head: `batch * heads * kv_len * head_dim * dtype` each.
+    RepeatKv,
+    /// f32 copies of q, k and v made before the attention matmuls when the model is not f32.
+    F32Upcast,
+    /// Attention scores `batch * heads * seq * kv_len * 4` (f32): scaled, masked and softmaxed
+    /// copies are all alive at the softmax.
+    AttentionScores,
+    /// `softmax(scores) @ v` in f32: `batch * heads * seq * head_dim * 4`.
+    AttentionOutput,
+    /// Gate, SiLU(gate), up and their product: `batch * seq * intermediate * dtype` each.
+    Mlp,
+    /// Last-token logits, `batch * vocab` in f32.
+    Logits,
+    /// Transient matmul buffers on CPU: gemm's packed weight block and, for bf16/f16, the
+    /// f32 copies of both operands and of the result (candle's CPU matmul has no
+    /// half-precision kernel).
+    MatmulWorkspace,
+}
+
+impl Component {
+    pub const ALL: [Component; 13] = [
+        Component::Weights,
+        Component::RopeTables,
+        Component::KvCache,
+        Component::CausalMask,
+        Component::HiddenStates,
+        Component::QkvProjections,
+        Component::RepeatKv,
+        Component::F32Upcast,
+        Component::AttentionScores,
+        Component::AttentionOutput,
+        Component::Mlp,
+        Component::Logits,
+        Component::MatmulWorkspace,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Component::Weights => "weights",
+            Component::RopeTables => "rope_tables",
+            Component::KvCache => "kv_cache",
+            Component::CausalMask => "causal_mask",
+            Component::HiddenStates => "hidden_states",
+            Component::QkvProjections => "qkv_projections",
+            Component::RepeatKv => "repeat_kv",
+            Component::F32Upcast => "f32_upcast",
+            Component::AttentionScores => "attention_scores",
+            Component::AttentionOutput => "attention_output",
+            Component::Mlp => "mlp",
+            Component::Logits => "logits",
+            Component::MatmulWorkspace => "matmul_workspace",
+        }
+    }
+}
+
+/// Bytes in use per component at a phase's peak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Breakdown(pub [u64; Component::ALL.len()]);
+
+impl Breakdown {
+    pub fn get(&self, c: Component) -> u64 {
+        self.0[c as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Non-zero components by name, for JSON.
+    pub fn to_map(&self) -> BTreeMap<&'static str, u64> {
+        Component::ALL
+            .iter()
+            .filter(|c| self.get(**c) > 0)
+            .map(|c| (c.as_str(), self.get(*c)))
+            .collect()
+    }
+}
+
+/// The estimate of one phase: its peak and what the peak is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseEstimate {
+    pub phase: Phase,
+    pub peak: Breakdown,
+}
+
+impl PhaseEstimate {
+    pub fn total_bytes(&self) -> u64 {
+        self.peak.total()
+    }
+}
+
+/// Full estimate for one model, dtype, engine and workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub engine: EngineProfile,
+    pub backend: Backend,
+    pub dtype: DType,
+    pub workload: Workload,
+    pub params: u64,
+    pub weights_bytes: u64,
+    pub kv_cache_bytes_per_token: u64,
+    pub prefill: PhaseEstimate,
+    pub decode: PhaseEstimate,
+}
+
+impl Estimate {
+    /// The phase with the larger peak.
+    pub fn peak_phase(&self) -> &PhaseEstimate {
+        if self.decode.total_bytes() > self.prefill.total_bytes() {
+            &self.decode
+        } else {
+            &self.prefill
+        }
+    }
+
+    pub fn phase(&self, p: Phase) -> &PhaseEstimate {
+        match p {
+            Phase::Prefill => &self.prefill,
+            Phase::Decode => &self.decode,
+        }
+    }
+
+    /// The peak over the whole workload.
+    pub fn total_bytes(&self) -> u64 {
+        self.peak_phase().total_bytes()
+    }
+}
+
+/// Parameter bytes: `params * dtype`.
+pub fn weights_bytes(spec: &ModelSpec, dtype: DType) -> u64 {
+    spec.param_count() * dtype.size_in_bytes()
+}
+
+/// KV cache per token over all layers: `2 (K and V) * layers * kv_heads * head_dim * dtype`.
+pub fn kv_cache_bytes_per_token(spec: &ModelSpec, dtype: DType) -> u64 {
+    2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * dtype.size_in_bytes()
+}
+
+/// Estimate `workload` for `spec` in `dtype` on `engine` / `backend`.
+pub fn estimate(
+    spec: &ModelSpec,
+    dtype: DType,
+    engine: EngineProfile,
+    backend: Backend,
+    workload: Workload,
+) -> Estimate {
+    let (prefill, decode) = match engine {
+        EngineProfile::CandleEager => (
+            candle::prefill(spec, dtype, backend, workload),
+            candle::decode(spec, dtype, backend, workload),
+        ),
+    };
+    Estimate {
+        engine,
+        backend,
+        dtype,
+        workload,
+        params: spec.param_count(),
+        weights_bytes: weights_bytes(spec, dtype),
+        kv_cache_bytes_per_token: kv_cache_bytes_per_token(spec, dtype),
+        prefill: PhaseEstimate {
+            phase: Phase::Prefill,
+            peak: prefill,
+        },
+        decode: PhaseEstimate {
+            phase: Phase::Decode,
+            peak: decode,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+use super::*;
+use std::path::Path;
+
+fn spec(json: &str) -> ModelSpec {
+    ModelSpec::from_json_str(json, Path::new("config.json")).unwrap()
+}
+
+fn llama3_8b() -> ModelSpec {
+    spec(include_str!(
+        "../../models/meta-llama-3-8b-instruct/config.json"
+    ))
+}
+
+fn tiny() -> ModelSpec {
+    spec(include_str!(
+        "../../models/vramprobe-tiny-llama/config.json"
+    ))
+}
+
+fn wl(batch: u64, context: u64) -> Workload {
+    Workload {
+        batch,
+        context,
+        decode_steps: 8,
+    }
+}
+
+fn est(s: &ModelSpec, dtype: DType, w: Workload) -> Estimate {
+    estimate(s, dtype, EngineProfile::CandleEager, Backend::Cpu, w)
+}
+
+#[test]
+fn llama3_8b_headline_numbers() {
+    let e = est(&llama3_8b(), DType::BF16, wl(1, 8192));
+    assert_eq!(e.params, 8_030_261_248);
+    assert_eq!(e.weights_bytes, 16_060_522_496);
+    assert_eq!(e.kv_cache_bytes_per_token, 131_072);
+}
+
+#[test]
+fn weights_component_is_the_weights() {
+    let s = tiny();
+    let e = est(&s, DType::F32, wl(1, 128));
+    assert_eq!(e.prefill.peak.get(Component::Weights), s.param_count() * 4);
+    assert_eq!(e.decode.peak.get(Component::Weights), s.param_count() * 4);
+}
+
+#[test]
+fn rope_tables_cover_max_positions() {
+    // cos + sin, (max_pos, head_dim / 2) each: 2 * 2048 * 16 * 4 bytes for the tiny model.
+    let e = est(&tiny(), DType::F32, wl(1, 64));
+    assert_eq!(e.prefill.peak.get(Component::RopeTables), 2 * 2048 * 16 * 4);
+}
+
+#[test]
+fn causal_mask_is_context_squared_bytes() {
+    let e = est(&tiny(), DType::F32, wl(2, 512));
+    assert_eq!(e.prefill.peak.get(Component::CausalMask), 512 * 512);
+    assert_eq!(e.decode.peak.get(Component::CausalMask), 512 * 512);
+}
+
+#[test]
+fn three_score_tensors_alive_at_prefill_peak() {
+    // At long context the attention peak dominates: scaled, masked and softmaxed scores.
+    let (b, s) = (4, 1024);
+    let e = est(&tiny(), DType::F32, wl(b, s));
+    assert_eq!(
+        e.prefill.peak.get(Component::AttentionScores),
+        3 * b * 8 * s * s * 4
+    );
+    // and att @ v in f32 is being written
+    assert_eq!(
+        e.prefill.peak.get(Component::AttentionOutput),
+        b * 8 * s * 32 * 4
+    );
+}
+
+#[test]
+fn prefill_kv_cache_at_peak_is_all_layers() {
+    // At the last layer's softmax every layer's K and V exist (the last one just stored).
+    let (b, s) = (2, 256);
+    let t = tiny();
+    let e = est(&t, DType::F32, wl(b, s));
+    assert_eq!(
+        e.prefill.peak.get(Component::KvCache),
+        s * b * kv_cache_bytes_per_token(&t, DType::F32)
+    );
+}
+
+#[test]
+fn repeat_kv_copies_expand_to_query_heads() {
+    let (b, s) = (1, 512);
+    let e = est(&tiny(), DType::F32, wl(b, s));
+    // K and V each expanded to 8 heads.
+    assert_eq!(
+        e.prefill.peak.get(Component::RepeatKv),
+        2 * b * 8 * s * 32 * 4
+    );
+}
+
+#[test]
+fn decode_kv_cache_grows_with_steps() {
+    let t = tiny();
+    let a = est(
+        &t,
+        DType::F32,
+        Workload {
+            batch: 2,
+            context: 256,
+            decode_steps: 1,
+        },
+    );
+    let b = est(
+        &t,
+        DType::F32,
+        Workload {
+            batch: 2,
+            context: 256,
+            decode_steps: 9,
+        },
+    );
+    let per_token = kv_cache_bytes_per_token(&t, DType::F32) * 2;
+    assert_eq!(
+        b.decode.peak.get(Component::KvCache),
+        (256 + 9) * per_token,
+        "all layers at context + steps at the last layer's attention"
+    );
+    assert!(b.decode.total_bytes() > a.decode.total_bytes());
+}
+
+#[test]
+fn logits_are_last_token_only() {
+    // The logits are never alive at the peak of a long prefill, but they are small either
+    // way: batch * vocab * 4 bytes, not batch * context * vocab.
+    let e = est(&tiny(), DType::F32, wl(4, 1024));
+    assert_eq!(e.prefill.peak.get(Component::Logits), 0);
+}
+
+#[test]
+fn bf16_on_cpu_widens_matmul_operands() {
+    let t = tiny();
+    let cpu = estimate(
+        &t,
+        DType::BF16,
+        EngineProfile::CandleEager,
+        Backend::Cpu,
+        wl(1, 64),
+    );
+    let cuda = estimate(
+        &t,
+        DType::BF16,
+        EngineProfile::CandleEager,
+        Backend::Cuda,
+        wl(1, 64),
+    );
+    assert_eq!(cuda.prefill.peak.get(Component::MatmulWorkspace), 0);
+    assert!(cpu.prefill.total_bytes() > cuda.prefill.total_bytes());
+    // at short context the largest widening is the lm_head weight in f32
+    assert!(cpu.prefill.peak.get(Component::MatmulWorkspace) >= t.vocab_size * t.hidden_size * 4);
+}
+
+#[test]
+fn bf16_upcasts_qkv_to_f32() {
+    let e = estimate(
+        &tiny(),
+        DType::BF16,
+        EngineProfile::CandleEager,
+        Backend::Cuda,
+        wl(1, 512),
+    );
+    let (b, s, heads, hd) = (1, 512, 8, 32);
+    assert_eq!(
+        e.prefill.peak.get(Component::F32Upcast),
+        3 * b * heads * s * hd * 4
+    );
+}
+
+#[test]
+fn breakdown_sums_to_total_and_peak_is_max() {
+    let e = est(&tiny(), DType::F32, wl(2, 256));
+    assert_eq!(
+        e.prefill.peak.to_map().values().sum::<u64>(),
+        e.prefill.total_bytes()
+    );
+    assert_eq!(
+        e.total_bytes(),
+        e.prefill.total_bytes().max(e.decode.total_bytes())
+    );
+}

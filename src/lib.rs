@@ -1,0 +1,45 @@
+//! vramprobe: how much memory does this LLM really need, at this batch and context?
+//!
+//! It estimates from a Hugging Face `config.json` and checks the estimate against a real
+//! measurement, point by point. The modules follow the data flow, and nothing imports
+//! "upward":
+//!
+//! ```text
+//! config.json --> spec (ModelSpec, DType)          pure, reads one file
+//!            --> estimate (bytes per component)    pure arithmetic, no candle
+//!            --> plan (grid of Workload)
+//!            --> runner (candle forward passes)    the only module importing candle
+//!              + probe (MemoryProbe: counting allocator)
+//!            --> store (run.json + points.jsonl, append-only)
+//!            --> report (tables)
+//! ```
+//!
+//! The estimate alone, for Meta-Llama-3-8B-Instruct in BF16:
+//!
+//! ```
+//! use vramprobe::estimate::{estimate, Backend, EngineProfile, Workload};
+//! use vramprobe::spec::{DType, ModelSpec};
+//! let spec = ModelSpec::from_path("models/meta-llama-3-8b-instruct".as_ref())?;
+//! let w = Workload { batch: 1, context: 8192, decode_steps: 8 };
+//! let e = estimate(&spec, DType::BF16, EngineProfile::CandleEager, Backend::Cuda, w);
+//! assert_eq!(e.params, 8_030_261_248);
+//! assert_eq!(e.weights_bytes, 16_060_522_496);
+//! assert_eq!(e.kv_cache_bytes_per_token, 131_072);
+//! assert!(e.total_bytes() > e.weights_bytes + 8192 * 131_072);
+//! # Ok::<(), vramprobe::spec::SpecError>(())
+//! ```
+
+pub mod bench;
+pub mod cli;
+pub mod estimate;
+pub mod plan;
+pub mod probe;
+pub mod report;
+pub mod runner;
+pub mod spec;
+pub mod store;
+
+/// The built-in CPU default model's config.json (also in `models/vramprobe-tiny-llama/`).
+pub const TINY_CONFIG: &str = include_str!("../models/vramprobe-tiny-llama/config.json");
+/// Where the built-in config lives in the source tree, used to name it in results.
+pub const TINY_CONFIG_PATH: &str = "models/vramprobe-tiny-llama/config.json";

@@ -1,0 +1,18 @@
+//! Memory probes: where a measured number comes from.
+//!
+//! Every result names its source. On the CPU the one source is [`host::HostAllocProbe`],
+//! the process's own counting global allocator: exact current and peak bytes.
+
+pub mod host;
+
+/// A source of memory measurements with a resettable high-water mark.
+pub trait MemoryProbe: Send + Sync {
+    /// The source's name as it appears in results (`measured` keys, `source`).
+    fn name(&self) -> &'static str;
+    /// Bytes in use now.
+    fn current_bytes(&self) -> u64;
+    /// Highest bytes in use since the last [`MemoryProbe::reset_peak`].
+    fn peak_bytes(&self) -> u64;
+    /// Start a new high-water mark from the current value.
+    fn reset_peak(&self);
+}

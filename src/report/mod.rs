@@ -1,0 +1,169 @@
+//! Rendering results for people: byte units and the bench table.
+
+use crate::estimate::{Component, Estimate};
+use crate::store::PointRecord;
+use std::fmt::Write;
+
+/// Bytes with binary units, labelled so they cannot be misread: "14.96 GiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// An integer with thousands separators: 8,030,261,248.
+pub fn grouped(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn percent(r: f64) -> String {
+    if r.is_finite() {
+        format!("{:+.2}%", r * 100.0)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// The bench table: one row per point and phase.
+pub fn bench_table(points: &[PointRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>5} {:>7} {:>7} {:>12} {:>12} {:>8}   {:>12} {:>12} {:>8}   {:>10}",
+        "batch",
+        "context",
+        "phase",
+        "estimated",
+        "measured",
+        "error",
+        "est-weights",
+        "meas-weights",
+        "error",
+        "ms/forward"
+    );
+    for p in points {
+        let _ = writeln!(
+            out,
+            "{:>5} {:>7} {:>7} {:>12} {:>12} {:>8}   {:>12} {:>12} {:>8}   {:>10.2}",
+            p.batch,
+            p.context,
+            p.phase,
+            bytes(p.estimated_bytes),
+            bytes(p.measured_peak_bytes),
+            percent(p.error_ratio),
+            bytes(p.estimated_above_weights_bytes),
+            bytes(p.measured_above_weights_bytes),
+            percent(p.above_weights_error_ratio),
+            p.secs_per_forward * 1e3
+        );
+    }
+    out
+}
+
+/// Summary lines under the bench table: the worst errors.
+pub fn bench_summary(points: &[PointRecord]) -> String {
+    let worst = |f: fn(&PointRecord) -> f64| {
+        points
+            .iter()
+            .map(f)
+            .fold(0.0f64, |a, b| if b.abs() > a.abs() { b } else { a })
+    };
+    format!(
+        "{} points; largest |error|: total {}, above the weights {}\n",
+        points.len(),
+        percent(worst(|p| p.error_ratio)),
+        percent(worst(|p| p.above_weights_error_ratio)),
+    )
+}
+
+/// The `estimate` table: headline numbers, then every component of both phases.
+pub fn estimate_table(model: &str, e: &Estimate) -> String {
+    let mut out = String::new();
+    let w = e.workload;
+    let _ = writeln!(out, "model            {model}");
+    let _ = writeln!(out, "parameters       {}", grouped(e.params));
+    let _ = writeln!(
+        out,
+        "weights          {} bytes = {} ({:.2} GB) in {}",
+        grouped(e.weights_bytes),
+        bytes(e.weights_bytes),
+        e.weights_bytes as f64 / 1e9,
+        e.dtype
+    );
+    let _ = writeln!(
+        out,
+        "KV cache         {} bytes per token ({} per sequence of {} tokens)",
+        grouped(e.kv_cache_bytes_per_token),
+        bytes(e.kv_cache_bytes_per_token * (w.context + w.decode_steps)),
+        w.context + w.decode_steps
+    );
+    let _ = writeln!(
+        out,
+        "workload         batch {}, context {}, then {} decode steps; engine {} on {}",
+        w.batch,
+        w.context,
+        w.decode_steps,
+        e.engine.as_str(),
+        e.backend.as_str()
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<18} {:>14} {:>14}",
+        "component", "prefill", "decode"
+    );
+    for c in Component::ALL {
+        let (p, d) = (e.prefill.peak.get(c), e.decode.peak.get(c));
+        if p == 0 && d == 0 {
+            continue;
+        }
+        let _ = writeln!(out, "{:<18} {:>14} {:>14}", c.as_str(), bytes(p), bytes(d));
+    }
+    let _ = writeln!(
+        out,
+        "{:<18} {:>14} {:>14}",
+        "peak",
+        bytes(e.prefill.total_bytes()),
+        bytes(e.decode.total_bytes())
+    );
+    let _ = writeln!(
+        out,
+        "\npeak over the workload: {} bytes = {} ({:.2} GB), in the {} phase",
+        grouped(e.total_bytes()),
+        bytes(e.total_bytes()),
+        e.total_bytes() as f64 / 1e9,
+        e.peak_phase().phase.as_str()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(16_060_522_496), "14.96 GiB");
+        assert_eq!(grouped(8_030_261_248), "8,030,261,248");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(percent(0.0123), "+1.23%");
+    }
+}

@@ -1,0 +1,363 @@
+//! The measured side: candle-transformers' Llama, real forward passes, real allocations.
+//!
+//! This is the only module that imports candle. A [`Runner`] holds one loaded model;
+//! [`Runner::run_point`] measures one (batch, context) point: a prefill with a fresh
+//! `Cache`, then decode steps with the KV cache, each phase's peak read from a
+//! [`MemoryProbe`].
+
+use crate::estimate::Workload;
+use crate::probe::MemoryProbe;
+use crate::spec::{DType, ModelSpec, TensorSpec};
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::llama::{Cache, Config, Llama, Llama3RopeConfig};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config describes something candle-transformers' llama cannot run.
+    #[error("{path}: {reason}")]
+    Unsupported { path: String, reason: String },
+    /// No `*.safetensors` file in the weights directory.
+    #[error("{path}: no .safetensors files found")]
+    NoWeights { path: PathBuf },
+    /// A checkpoint tensor is missing or has the wrong shape for the config.
+    #[error("{path}: tensor `{name}`: {reason}")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    /// Anything candle reports.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl RunError {
+    /// A stable short name, for JSON output and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Unsupported { .. } => "unsupported",
+            RunError::NoWeights { .. } => "no_weights",
+            RunError::BadTensor { .. } => "bad_tensor",
+            RunError::Candle(_) => "candle",
+        }
+    }
+}
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsSource {
+    /// Seeded random values of the right shapes: the same bytes as the real checkpoint.
+    Synthetic { seed: u64 },
+    /// `*.safetensors` files in a local directory.
+    Local(PathBuf),
+}
+
+impl WeightsSource {
+    /// How the source is recorded in results.
+    pub fn describe(&self) -> String {
+        match self {
+            WeightsSource::Synthetic { seed } => format!("synthetic (seed {seed})"),
+            WeightsSource::Local(p) => format!("local {}", p.display()),
+        }
+    }
+}
+
+/// One phase's measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseMeasurement {
+    /// Peak bytes above the run's baseline (so the weights are included).
+    pub peak_bytes: u64,
+    /// Wall time of one forward pass (the prefill, or the mean decode step).
+    pub secs_per_forward: f64,
+    /// Tokens processed per second (batch * tokens / time).
+    pub tokens_per_sec: f64,
+}
+
+/// Both phases of one point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointMeasurement {
+    pub prefill: PhaseMeasurement,
+    pub decode: PhaseMeasurement,
+}
+
+/// A loaded model ready to be measured.
+pub struct Runner {
+    model: Llama,
+    config: Config,
+    spec: ModelSpec,
+    dtype: candle_core::DType,
+    device: Device,
+    /// Bytes the weights occupy, as measured.
+    pub weights_bytes: u64,
+    /// Bytes left allocated by the warm-up pass (thread pools, gemm buffers): one-off
+    /// runtime state, excluded from every point.
+    pub warmup_residue_bytes: u64,
+}
+
+fn candle_dtype(d: DType) -> candle_core::DType {
+    match d {
+        DType::F32 => candle_core::DType::F32,
+        DType::F16 => candle_core::DType::F16,
+        DType::BF16 => candle_core::DType::BF16,
+    }
+}
+
+/// The candle-transformers config for a spec, or why candle cannot run it.
+///
+/// # Errors
+/// [`RunError::Unsupported`] for biases (candle's llama has none) and for a `head_dim`
+/// other than `hidden_size / num_attention_heads` (candle derives it).
+pub fn candle_config(spec: &ModelSpec) -> Result<Config, RunError> {
+    let unsupported = |reason: String| RunError::Unsupported {
+        path: spec.source.clone(),
+        reason,
+    };
+    if spec.qkv_bias || spec.o_bias || spec.mlp_bias {
+        return Err(unsupported(format!(
+            "model_type \"{}\" with projection biases cannot be run by candle-transformers' llama \
+             (it can still be estimated)",
+            spec.model_type
+        )));
+    }
+    if spec.head_dim * spec.num_heads != spec.hidden_size {
+        return Err(unsupported(format!(
+            "head_dim {} x num_attention_heads {} != hidden_size {}: candle-transformers' llama \
+             derives head_dim from hidden_size (it can still be estimated)",
+            spec.head_dim, spec.num_heads, spec.hidden_size
+        )));
+    }
+    let rope_scaling = spec
+        .rope_scaling
+        .clone()
+        .and_then(|v| serde_json::from_value::<Llama3RopeConfig>(v).ok());
+    Ok(Config {
+        hidden_size: spec.hidden_size as usize,
+        intermediate_size: spec.intermediate_size as usize,
+        vocab_size: spec.vocab_size as usize,
+        num_hidden_layers: spec.num_layers as usize,
+        num_attention_heads: spec.num_heads as usize,
+        num_key_value_heads: spec.num_kv_heads as usize,
+        use_flash_attn: false,
+        rms_norm_eps: spec.rms_norm_eps,
+        rope_theta: spec.rope_theta as f32,
+        bos_token_id: None,
+        eos_token_id: None,
+        rope_scaling,
+        max_position_embeddings: spec.max_position_embeddings as usize,
+        tie_word_embeddings: spec.tie_word_embeddings,
+    })
+}
+
+/// SplitMix64: a tiny, seedable generator, so synthetic weights are the same on every run.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-a, a).
+    fn uniform(&mut self, a: f32) -> f32 {
+        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        (2.0 * u - 1.0) * a
+    }
+}
+
+/// Seeded random values in f32 (std 0.02, as transformers initialises Llama; norms 1),
+/// then cast to the model dtype on the device.
+fn synthetic_tensor(
+    t: &TensorSpec,
+    seed: u64,
+    index: usize,
+    dtype: candle_core::DType,
+    device: &Device,
+) -> Result<Tensor, RunError> {
+    let n = t.numel() as usize;
+    let values = if t.name.ends_with("norm.weight") {
+        vec![1f32; n]
+    } else {
+        let mut rng = SplitMix(seed ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        let a = 0.02 * 3f32.sqrt();
+        (0..n).map(|_| rng.uniform(a)).collect()
+    };
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
+}
+
+fn local_tensors(
+    spec: &ModelSpec,
+    dir: &Path,
+    dtype: candle_core::DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, RunError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| RunError::BadTensor {
+            path: dir.to_path_buf(),
+            name: String::new(),
+            reason: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(RunError::NoWeights {
+            path: dir.to_path_buf(),
+        });
+    }
+    // SAFETY: the files are mapped read-only and must not be modified while we load them;
+    // every tensor is copied out before the maps are dropped at the end of this function.
+    #[allow(unsafe_code)]
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+    let mut out = HashMap::new();
+    for t in spec.tensors() {
+        let bad = |reason: String| RunError::BadTensor {
+            path: dir.to_path_buf(),
+            name: t.name.clone(),
+            reason,
+        };
+        let view = st
+            .get(&t.name)
+            .map_err(|_| bad("missing from the checkpoint".into()))?;
+        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+        if shape != t.shape {
+            return Err(bad(format!(
+                "shape {shape:?} in the checkpoint, {:?} expected from config.json",
+                t.shape
+            )));
+        }
+        let tensor = st.load(&t.name, device)?.to_dtype(dtype)?;
+        out.insert(t.name.clone(), tensor);
+    }
+    Ok(out)
+}
+
+impl Runner {
+    /// Build the model on the CPU and measure what its weights occupy.
+    ///
+    /// # Errors
+    /// [`RunError::Unsupported`] for configs candle's llama cannot run; for local weights
+    /// [`RunError::NoWeights`] and [`RunError::BadTensor`]; [`RunError::Candle`] otherwise.
+    pub fn load(
+        spec: &ModelSpec,
+        dtype: DType,
+        weights: &WeightsSource,
+        probe: &dyn MemoryProbe,
+    ) -> Result<Self, RunError> {
+        let config = candle_config(spec)?;
+        let device = Device::Cpu;
+        let cdt = candle_dtype(dtype);
+        let baseline_bytes = probe.current_bytes();
+        let tensors = match weights {
+            WeightsSource::Synthetic { seed } => spec
+                .tensors()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Ok((t.name.clone(), synthetic_tensor(t, *seed, i, cdt, &device)?)))
+                .collect::<Result<HashMap<_, _>, RunError>>()?,
+            WeightsSource::Local(dir) => local_tensors(spec, dir, cdt, &device)?,
+        };
+        let vb = VarBuilder::from_tensors(tensors, cdt, &device);
+        let model = Llama::load(vb, &config)?;
+        let weights_bytes = probe.current_bytes().saturating_sub(baseline_bytes);
+        let mut runner = Runner {
+            model,
+            config,
+            spec: spec.clone(),
+            dtype: cdt,
+            device,
+            weights_bytes,
+            warmup_residue_bytes: 0,
+        };
+        runner.warm_up(probe)?;
+        Ok(runner)
+    }
+
+    /// One small prefill and decode step, so that one-off runtime buffers (rayon's pool,
+    /// gemm's per-thread packing space) exist before anything is measured.
+    fn warm_up(&mut self, probe: &dyn MemoryProbe) -> Result<(), RunError> {
+        let before = probe.current_bytes();
+        // gemm keeps an L2-sized packing slab per thread, created on a thread's first
+        // matmul. Which rayon workers a small warm-up reaches is up to the scheduler, so
+        // create the slab on every worker now; otherwise a point measured later pays it
+        // (seen: +2 MiB on some runs and not others).
+        rayon::broadcast(|_| gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow())));
+        gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow()));
+        {
+            let mut cache = Cache::new(true, self.dtype, &self.config, &self.device)?;
+            let s = 16.min(self.spec.max_position_embeddings as usize - 1);
+            let tokens = self.tokens(2, s, 0)?;
+            let _ = self.model.forward(&tokens, 0, &mut cache)?;
+            let next = self.tokens(2, 1, s)?;
+            let _ = self.model.forward(&next, s, &mut cache)?;
+        }
+        self.warmup_residue_bytes = probe.current_bytes().saturating_sub(before);
+        Ok(())
+    }
+
+    /// Deterministic token ids, spread over the vocabulary.
+    fn tokens(&self, batch: usize, len: usize, offset: usize) -> Result<Tensor, RunError> {
+        let vocab = self.spec.vocab_size as usize;
+        let ids: Vec<u32> = (0..batch * len)
+            .map(|i| ((offset + i) * 7919 % vocab) as u32)
+            .collect();
+        Ok(Tensor::from_vec(ids, (batch, len), &self.device)?)
+    }
+
+    /// Measure one point: a prefill of `context` tokens for `batch` sequences with a fresh
+    /// cache (masks are cached per shape inside it), then `decode_steps` single-token steps.
+    ///
+    /// # Errors
+    /// [`RunError::Candle`] from the forward passes (including out-of-memory on a device).
+    pub fn run_point(
+        &self,
+        w: Workload,
+        probe: &dyn MemoryProbe,
+    ) -> Result<PointMeasurement, RunError> {
+        let (b, s) = (w.batch as usize, w.context as usize);
+        let steps = w.decode_steps.max(1) as usize;
+        // Everything in use now that is not the weights (allocations made before them, the
+        // warm-up's runtime buffers, the caller's bookkeeping) is not part of the point.
+        let offset = probe.current_bytes().saturating_sub(self.weights_bytes);
+        probe.reset_peak();
+        let mut cache = Cache::new(true, self.dtype, &self.config, &self.device)?;
+        let tokens = self.tokens(b, s, 0)?;
+        let t0 = Instant::now();
+        let logits = self.model.forward(&tokens, 0, &mut cache)?;
+        let prefill_secs = t0.elapsed().as_secs_f64();
+        let prefill_peak = probe.peak_bytes().saturating_sub(offset);
+        drop(logits);
+        drop(tokens);
+
+        probe.reset_peak();
+        let t1 = Instant::now();
+        for i in 0..steps {
+            let next = self.tokens(b, 1, s + i)?;
+            let _logits = self.model.forward(&next, s + i, &mut cache)?;
+        }
+        let decode_secs = t1.elapsed().as_secs_f64() / steps as f64;
+        let decode_peak = probe.peak_bytes().saturating_sub(offset);
+        drop(cache);
+        Ok(PointMeasurement {
+            prefill: PhaseMeasurement {
+                peak_bytes: prefill_peak,
+                secs_per_forward: prefill_secs,
+                tokens_per_sec: (b * s) as f64 / prefill_secs.max(1e-12),
+            },
+            decode: PhaseMeasurement {
+                peak_bytes: decode_peak,
+                secs_per_forward: decode_secs,
+                tokens_per_sec: b as f64 / decode_secs.max(1e-12),
+            },
+        })
+    }
+}

@@ -1,0 +1,406 @@
+//! Model specification: a Hugging Face `config.json` parsed in two stages.
+//!
+//! [`RawConfig`] mirrors the file (every field optional, unknown keys accepted, as
+//! Hugging Face configs carry many); [`ModelSpec::from_raw`] resolves it into a
+//! [`ModelSpec`] with no `Option`s left, or an error naming the file, the field and the
+//! value. Nothing here performs I/O beyond reading the one file.
+
+mod dtype;
+
+pub use dtype::DType;
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The `model_type` values whose architecture is understood: decoder-only Llama-shaped
+/// transformers (RMSNorm, rotary embeddings, gated SiLU MLP, grouped-query attention).
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
+/// Errors from reading or resolving a `config.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON, or a field has the wrong JSON type.
+    #[error("{path}: invalid JSON at line {line}, column {column}: {message}")]
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A required field is absent.
+    #[error("{path}: missing field `{field}`")]
+    MissingField { path: PathBuf, field: &'static str },
+    /// A field is present but its value cannot describe a real model.
+    #[error("{path}: field `{field}` = {value}: {reason}")]
+    InvalidField {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// The architecture is not one vramprobe models.
+    #[error("{path}: field `model_type` = \"{value}\" is not supported (supported: {})", SUPPORTED_MODEL_TYPES.join(", "))]
+    UnsupportedModelType { path: PathBuf, value: String },
+}
+
+impl SpecError {
+    /// A stable short name for the error, for JSON output and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SpecError::Io { .. } => "io",
+            SpecError::Json { .. } => "json",
+            SpecError::MissingField { .. } => "missing_field",
+            SpecError::InvalidField { .. } => "invalid_field",
+            SpecError::UnsupportedModelType { .. } => "unsupported_model_type",
+        }
+    }
+}
+
+/// `config.json` as written by Hugging Face transformers: every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawConfig {
+    pub model_type: Option<String>,
+    pub architectures: Option<Vec<String>>,
+    pub hidden_size: Option<i64>,
+    pub intermediate_size: Option<i64>,
+    pub num_hidden_layers: Option<i64>,
+    pub num_attention_heads: Option<i64>,
+    pub num_key_value_heads: Option<i64>,
+    pub head_dim: Option<i64>,
+    pub vocab_size: Option<i64>,
+    pub max_position_embeddings: Option<i64>,
+    pub rope_theta: Option<f64>,
+    pub rms_norm_eps: Option<f64>,
+    pub tie_word_embeddings: Option<bool>,
+    pub torch_dtype: Option<String>,
+    /// Newer transformers write `dtype` instead of `torch_dtype`.
+    pub dtype: Option<String>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+/// A resolved Llama-family model: every size known, every choice explicit.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelSpec {
+    /// Where the spec came from (the config.json path, or a built-in name).
+    pub source: String,
+    pub model_type: String,
+    pub hidden_size: u64,
+    pub intermediate_size: u64,
+    pub num_layers: u64,
+    pub num_heads: u64,
+    pub num_kv_heads: u64,
+    pub head_dim: u64,
+    pub vocab_size: u64,
+    pub max_position_embeddings: u64,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    /// Bias on the q, k and v projections (Qwen2; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama with `attention_bias`).
+    pub o_bias: bool,
+    /// Biases on gate, up and down projections (`mlp_bias`).
+    pub mlp_bias: bool,
+    /// The dtype the checkpoint is published in (`torch_dtype`), if it says.
+    pub torch_dtype: Option<DType>,
+    /// `rope_scaling` as written; it changes values, never sizes.
+    #[serde(skip)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+/// One weight tensor of the checkpoint: its safetensors name and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<u64>,
+}
+
+impl TensorSpec {
+    fn new(name: impl Into<String>, shape: &[u64]) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+impl ModelSpec {
+    /// Read and resolve a `config.json`, or a directory holding one.
+    ///
+    /// # Errors
+    /// [`SpecError::Io`] when the file cannot be read, [`SpecError::Json`] when it is not
+    /// valid JSON, and the errors of [`ModelSpec::from_raw`].
+    pub fn from_path(path: &Path) -> Result<Self, SpecError> {
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| SpecError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        Self::from_json_str(&text, &file)
+    }
+
+    /// Parse and resolve config.json text; `path` is used in error messages.
+    ///
+    /// # Errors
+    /// [`SpecError::Json`] and the errors of [`ModelSpec::from_raw`].
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self, SpecError> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| SpecError::Json {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: strip_position(&e.to_string()),
+        })?;
+        Self::from_raw(raw, path)
+    }
+
+    /// Resolve a raw config: apply Hugging Face's defaults and check every size.
+    ///
+    /// # Errors
+    /// [`SpecError::MissingField`], [`SpecError::InvalidField`] (zero or negative sizes,
+    /// heads that do not divide the hidden size, KV heads that do not divide the heads) and
+    /// [`SpecError::UnsupportedModelType`].
+    pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Self, SpecError> {
+        let p = || path.to_path_buf();
+        let model_type = match raw.model_type.as_deref() {
+            Some(t) if SUPPORTED_MODEL_TYPES.contains(&t) => t.to_string(),
+            Some(t) => {
+                return Err(SpecError::UnsupportedModelType {
+                    path: p(),
+                    value: t.to_string(),
+                })
+            }
+            None => {
+                return Err(SpecError::MissingField {
+                    path: p(),
+                    field: "model_type",
+                })
+            }
+        };
+        let positive = |field: &'static str, v: Option<i64>| -> Result<u64, SpecError> {
+            match v {
+                None => Err(SpecError::MissingField { path: p(), field }),
+                Some(v) if v <= 0 => Err(SpecError::InvalidField {
+                    path: p(),
+                    field,
+                    value: v.to_string(),
+                    reason: "must be a positive integer".into(),
+                }),
+                Some(v) => Ok(v as u64),
+            }
+        };
+        let hidden_size = positive("hidden_size", raw.hidden_size)?;
+        let intermediate_size = positive("intermediate_size", raw.intermediate_size)?;
+        let num_layers = positive("num_hidden_layers", raw.num_hidden_layers)?;
+        let num_heads = positive("num_attention_heads", raw.num_attention_heads)?;
+        let vocab_size = positive("vocab_size", raw.vocab_size)?;
+        let max_position_embeddings =
+            positive("max_position_embeddings", raw.max_position_embeddings)?;
+        let num_kv_heads = match raw.num_key_value_heads {
+            None => num_heads,
+            v => positive("num_key_value_heads", v)?,
+        };
+        let head_dim = match raw.head_dim {
+            None => {
+                if hidden_size % num_heads != 0 {
+                    return Err(SpecError::InvalidField {
+                        path: p(),
+                        field: "num_attention_heads",
+                        value: num_heads.to_string(),
+                        reason: format!(
+                            "does not divide hidden_size {hidden_size} and no head_dim is given"
+                        ),
+                    });
+                }
+                hidden_size / num_heads
+            }
+            v => positive("head_dim", v)?,
+        };
+        if num_heads % num_kv_heads != 0 {
+            return Err(SpecError::InvalidField {
+                path: p(),
+                field: "num_key_value_heads",
+                value: num_kv_heads.to_string(),
+                reason: format!("does not divide num_attention_heads {num_heads}"),
+            });
+        }
+        if head_dim % 2 != 0 {
+            return Err(SpecError::InvalidField {
+                path: p(),
+                field: "head_dim",
+                value: head_dim.to_string(),
+                reason: "rotary embeddings need an even head dimension".into(),
+            });
+        }
+        let finite_positive =
+            |field: &'static str, v: Option<f64>, default: f64| -> Result<f64, SpecError> {
+                let v = v.unwrap_or(default);
+                if v.is_finite() && v > 0.0 {
+                    Ok(v)
+                } else {
+                    Err(SpecError::InvalidField {
+                        path: p(),
+                        field,
+                        value: v.to_string(),
+                        reason: "must be a positive number".into(),
+                    })
+                }
+            };
+        let rope_theta = finite_positive("rope_theta", raw.rope_theta, 10_000.0)?;
+        let rms_norm_eps = finite_positive("rms_norm_eps", raw.rms_norm_eps, 1e-6)?;
+        let (dtype_field, dtype_text) = match (&raw.torch_dtype, &raw.dtype) {
+            (Some(t), _) => ("torch_dtype", Some(t)),
+            (None, Some(t)) => ("dtype", Some(t)),
+            (None, None) => ("torch_dtype", None),
+        };
+        let torch_dtype = match dtype_text {
+            None => None,
+            Some(t) => Some(
+                t.parse::<DType>()
+                    .map_err(|reason| SpecError::InvalidField {
+                        path: p(),
+                        field: dtype_field,
+                        value: format!("\"{t}\""),
+                        reason,
+                    })?,
+            ),
+        };
+        // Qwen2 always has q/k/v biases and no o_proj bias; Llama and Mistral follow
+        // `attention_bias` (which in transformers' Llama covers o_proj too).
+        let (qkv_bias, o_bias) = match model_type.as_str() {
+            "qwen2" => (true, false),
+            _ => {
+                let b = raw.attention_bias.unwrap_or(false);
+                (b, b)
+            }
+        };
+        Ok(ModelSpec {
+            source: path.display().to_string(),
+            model_type,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            max_position_embeddings,
+            rope_theta,
+            rms_norm_eps,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            torch_dtype,
+            rope_scaling: raw.rope_scaling,
+        })
+    }
+
+    /// Every weight tensor of the checkpoint, with the names Hugging Face's Llama uses.
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let mut out = vec![TensorSpec::new("model.embed_tokens.weight", &[v, h])];
+        for l in 0..self.num_layers {
+            let pre = format!("model.layers.{l}");
+            let mut push = |name: &str, shape: &[u64]| {
+                out.push(TensorSpec::new(format!("{pre}.{name}"), shape));
+            };
+            push("input_layernorm.weight", &[h]);
+            for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                push(&format!("self_attn.{name}.weight"), &[rows, h]);
+                if self.qkv_bias {
+                    push(&format!("self_attn.{name}.bias"), &[rows]);
+                }
+            }
+            push("self_attn.o_proj.weight", &[h, q]);
+            if self.o_bias {
+                push("self_attn.o_proj.bias", &[h]);
+            }
+            push("post_attention_layernorm.weight", &[h]);
+            for (name, shape) in [
+                ("gate_proj", [i, h]),
+                ("up_proj", [i, h]),
+                ("down_proj", [h, i]),
+            ] {
+                push(&format!("mlp.{name}.weight"), &shape);
+                if self.mlp_bias {
+                    push(&format!("mlp.{name}.bias"), &[shape[0]]);
+                }
+            }
+        }
+        out.push(TensorSpec::new("model.norm.weight", &[h]));
+        if !self.tie_word_embeddings {
+            out.push(TensorSpec::new("lm_head.weight", &[v, h]));
+        }
+        out
+    }
+
+    /// Exact parameter count: the sum of every tensor's elements.
+    ///
+    /// Closed form: `V*h*(1 + untied) + h + L*(h*(q + 2kv) + q*h + 3*h*I + 2*h + biases)`
+    /// with `q = heads*head_dim` and `kv = kv_heads*head_dim`.
+    pub fn param_count(&self) -> u64 {
+        let (h, i, v, l) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.vocab_size,
+            self.num_layers,
+        );
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let mut per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h;
+        if self.qkv_bias {
+            per_layer += q + 2 * kv;
+        }
+        if self.o_bias {
+            per_layer += h;
+        }
+        if self.mlp_bias {
+            per_layer += 2 * i + h;
+        }
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + head + h + l * per_layer
+    }
+
+    /// A short display name: the folder the config came from, or the source itself.
+    pub fn name(&self) -> String {
+        let p = Path::new(&self.source);
+        let base = if p.file_name().is_some_and(|f| f == "config.json") {
+            p.parent().and_then(|d| d.file_name())
+        } else {
+            p.file_name()
+        };
+        base.map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.source.clone())
+    }
+}
+
+/// serde_json appends " at line L column C" to its messages; the error carries both apart.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

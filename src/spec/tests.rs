@@ -1,0 +1,127 @@
+use super::*;
+
+fn spec_of(json: &str) -> Result<ModelSpec, SpecError> {
+    ModelSpec::from_json_str(json, Path::new("test/config.json"))
+}
+
+const LLAMA3_8B: &str = include_str!("../../models/meta-llama-3-8b-instruct/config.json");
+const TINY: &str = include_str!("../../models/vramprobe-tiny-llama/config.json");
+
+#[test]
+fn llama3_8b_parameter_count_is_exact() {
+    let s = spec_of(LLAMA3_8B).unwrap();
+    assert_eq!(s.param_count(), 8_030_261_248);
+    assert_eq!(s.head_dim, 128);
+    assert_eq!(s.num_kv_heads, 8);
+    assert!(!s.tie_word_embeddings);
+    assert_eq!(s.torch_dtype, Some(DType::BF16));
+    let from_tensors: u64 = s.tensors().iter().map(TensorSpec::numel).sum();
+    assert_eq!(from_tensors, s.param_count());
+    assert_eq!(s.tensors().len(), 32 * 9 + 3);
+}
+
+#[test]
+fn closed_form_matches_tensor_inventory_for_every_variant() {
+    for (tie, bias, mlp_bias, ty, head_dim) in [
+        (true, false, false, "llama", None),
+        (false, true, false, "llama", None),
+        (false, false, true, "mistral", Some(64)),
+        (true, false, false, "qwen2", None),
+    ] {
+        let mut json: serde_json::Value = serde_json::from_str(TINY).unwrap();
+        json["tie_word_embeddings"] = tie.into();
+        json["attention_bias"] = bias.into();
+        json["mlp_bias"] = mlp_bias.into();
+        json["model_type"] = ty.into();
+        if let Some(hd) = head_dim {
+            json["head_dim"] = hd.into();
+        }
+        let s = spec_of(&json.to_string()).unwrap();
+        let from_tensors: u64 = s.tensors().iter().map(TensorSpec::numel).sum();
+        assert_eq!(from_tensors, s.param_count(), "{ty} tie={tie} bias={bias}");
+    }
+}
+
+#[test]
+fn tied_embeddings_drop_lm_head() {
+    let mut json: serde_json::Value = serde_json::from_str(TINY).unwrap();
+    let untied = spec_of(&json.to_string()).unwrap();
+    json["tie_word_embeddings"] = true.into();
+    let tied = spec_of(&json.to_string()).unwrap();
+    assert_eq!(
+        untied.param_count() - tied.param_count(),
+        untied.vocab_size * untied.hidden_size
+    );
+}
+
+#[test]
+fn qwen2_has_qkv_bias_only() {
+    // Qwen2-0.5B: 494,032,768 parameters (hidden 896, 24 layers, 14 heads, 2 KV heads,
+    // intermediate 4864, vocab 151936, tied embeddings).
+    let json = r#"{"model_type":"qwen2","hidden_size":896,"intermediate_size":4864,
+        "num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,
+        "vocab_size":151936,"max_position_embeddings":32768,"tie_word_embeddings":true}"#;
+    let s = spec_of(json).unwrap();
+    assert!(s.qkv_bias && !s.o_bias);
+    assert_eq!(s.param_count(), 494_032_768);
+}
+
+#[test]
+fn missing_field_is_named() {
+    let err = spec_of(r#"{"model_type":"llama","hidden_size":64}"#).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("test/config.json"), "{msg}");
+    assert!(msg.contains("intermediate_size"), "{msg}");
+    assert_eq!(err.kind(), "missing_field");
+}
+
+#[test]
+fn nonsense_sizes_are_rejected_with_value() {
+    let mut json: serde_json::Value = serde_json::from_str(TINY).unwrap();
+    json["hidden_size"] = (-4).into();
+    let msg = spec_of(&json.to_string()).unwrap_err().to_string();
+    assert!(msg.contains("`hidden_size` = -4"), "{msg}");
+
+    let mut json: serde_json::Value = serde_json::from_str(TINY).unwrap();
+    json["num_attention_heads"] = 7.into();
+    let msg = spec_of(&json.to_string()).unwrap_err().to_string();
+    assert!(
+        msg.contains("num_attention_heads") && msg.contains('7'),
+        "{msg}"
+    );
+
+    let mut json: serde_json::Value = serde_json::from_str(TINY).unwrap();
+    json["num_key_value_heads"] = 3.into();
+    let msg = spec_of(&json.to_string()).unwrap_err().to_string();
+    assert!(msg.contains("num_key_value_heads"), "{msg}");
+}
+
+#[test]
+fn unsupported_model_type_lists_supported() {
+    let mut json: serde_json::Value = serde_json::from_str(TINY).unwrap();
+    json["model_type"] = "gpt2".into();
+    let msg = spec_of(&json.to_string()).unwrap_err().to_string();
+    assert!(
+        msg.contains("\"gpt2\"") && msg.contains("llama, mistral, qwen2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn malformed_json_reports_position() {
+    let err = spec_of("{\"model_type\": \"llama\",\n \"hidden_size\": }").unwrap_err();
+    match err {
+        SpecError::Json { line, .. } => assert_eq!(line, 2),
+        other => panic!("expected a JSON error, got {other:?}"),
+    }
+    let err = spec_of(r#"{"model_type":"llama","hidden_size":"big"}"#).unwrap_err();
+    assert_eq!(err.kind(), "json");
+}
+
+#[test]
+fn dtype_names() {
+    assert_eq!("bfloat16".parse::<DType>().unwrap(), DType::BF16);
+    assert_eq!("float32".parse::<DType>().unwrap(), DType::F32);
+    assert_eq!("f16".parse::<DType>().unwrap().size_in_bytes(), 2);
+    assert!("int3".parse::<DType>().is_err());
+}

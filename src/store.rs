@@ -1,0 +1,302 @@
+//! A run directory: `run.json` (what ran, where, with which versions) and `points.jsonl`
+//! (one JSON object per measured point, appended, flushed and synced as each completes, so
+//! an interrupted sweep keeps every point it finished).
+
+use crate::plan::Grid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Errors of the run directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: already holds a run (points.jsonl exists); choose another --out")]
+    Exists { path: PathBuf },
+    #[error("{path}: line {line}: {message}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where and with what a run was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub host: String,
+    pub os: String,
+    pub cpu: String,
+    pub cpu_cores: u64,
+    pub vramprobe_version: String,
+    pub candle_version: String,
+    pub candle_transformers_version: String,
+}
+
+impl Environment {
+    /// Read from the running system (Linux files where present, "unknown" elsewhere).
+    pub fn detect() -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let os_release = read("/etc/os-release");
+        let pretty = os_release
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|s| s.trim_matches('"').to_string());
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        Environment {
+            host: read("/proc/sys/kernel/hostname").trim().to_string(),
+            os: pretty.unwrap_or_else(|| std::env::consts::OS.to_string()),
+            cpu,
+            cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            vramprobe_version: env!("CARGO_PKG_VERSION").to_string(),
+            candle_version: env!("VRAMPROBE_CANDLE_VERSION").to_string(),
+            candle_transformers_version: env!("VRAMPROBE_CANDLE_TRANSFORMERS_VERSION").to_string(),
+        }
+    }
+}
+
+/// `run.json`: everything needed to know what the points mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub schema_version: u32,
+    pub started_at: String,
+    pub command: Vec<String>,
+    pub model: String,
+    pub model_config: String,
+    pub params: u64,
+    pub dtype: String,
+    pub engine: String,
+    pub device: String,
+    pub weights: String,
+    pub grid: Grid,
+    pub environment: Environment,
+    /// Bytes the loaded weights occupy, measured.
+    pub measured_weights_bytes: u64,
+    /// One-off bytes the warm-up left allocated (thread pools, gemm buffers); excluded
+    /// from every point.
+    pub warmup_residue_bytes: u64,
+}
+
+/// One line of `points.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointRecord {
+    pub model: String,
+    pub dtype: String,
+    pub engine: String,
+    pub device: String,
+    pub batch: u64,
+    pub context: u64,
+    pub phase: String,
+    pub decode_steps: u64,
+    /// The estimate of this phase's peak, and its parts.
+    pub estimated_bytes: u64,
+    pub estimated_components: BTreeMap<String, u64>,
+    /// The primary source's measured peak.
+    pub measured_peak_bytes: u64,
+    /// The primary source's name.
+    pub source: String,
+    /// Every source's measured peak, by name.
+    pub measured: BTreeMap<String, u64>,
+    /// (estimated - measured) / measured.
+    pub error_ratio: f64,
+    /// The same for the part above the weights (peak minus weights), so a good total
+    /// cannot hide a poor activation model.
+    pub estimated_above_weights_bytes: u64,
+    pub measured_above_weights_bytes: u64,
+    pub above_weights_error_ratio: f64,
+    /// Wall time of one forward pass (prefill) or of one decode step (mean).
+    pub secs_per_forward: f64,
+    pub tokens_per_sec: f64,
+    pub status: String,
+}
+
+/// (estimated - measured) / measured; 0 when both are 0.
+pub fn error_ratio(estimated: u64, measured: u64) -> f64 {
+    if measured == 0 {
+        if estimated == 0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (estimated as f64 - measured as f64) / measured as f64
+    }
+}
+
+/// An open run directory being appended to.
+pub struct RunDir {
+    path: PathBuf,
+    points: File,
+}
+
+impl RunDir {
+    /// Create the directory (and parents), refuse one that already holds points, and
+    /// check that it is writable before any measuring starts.
+    ///
+    /// # Errors
+    /// [`StoreError::Exists`] and [`StoreError::Io`].
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(io(path))?;
+        let points_path = path.join("points.jsonl");
+        if points_path.exists() {
+            return Err(StoreError::Exists {
+                path: path.to_path_buf(),
+            });
+        }
+        let points = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&points_path)
+            .map_err(io(&points_path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            points,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write `run.json` (replacing it atomically).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub fn write_info(&self, info: &RunInfo) -> Result<(), StoreError> {
+        let final_path = self.path.join("run.json");
+        let tmp = self.path.join("run.json.tmp");
+        let mut text = serde_json::to_string_pretty(info).unwrap_or_default();
+        text.push('\n');
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &final_path).map_err(io(&final_path))
+    }
+
+    /// Append one point as a line, flushed and synced before returning.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub fn append(&mut self, point: &PointRecord) -> Result<(), StoreError> {
+        let p = self.path.join("points.jsonl");
+        let mut line = serde_json::to_string(point).unwrap_or_default();
+        line.push('\n');
+        self.points.write_all(line.as_bytes()).map_err(io(&p))?;
+        self.points.flush().map_err(io(&p))?;
+        self.points.sync_data().map_err(io(&p))
+    }
+}
+
+/// Read a run directory's points.
+///
+/// # Errors
+/// [`StoreError::Io`] and [`StoreError::Corrupt`] (a line that is not a point; a torn
+/// last line from a crash is skipped, not an error).
+pub fn read_points(dir: &Path) -> Result<Vec<PointRecord>, StoreError> {
+    let p = dir.join("points.jsonl");
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    let mut out = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let complete = text.ends_with('\n');
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(point) => out.push(point),
+            Err(_) if i + 1 == lines.len() && !complete => break,
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    path: p,
+                    line: i + 1,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, for default run directory names.
+pub fn utc_stamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// RFC 3339 UTC time, for `started_at`.
+pub fn utc_rfc3339(t: std::time::SystemTime) -> String {
+    let s = utc_stamp(t);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn stamps() {
+        // 2026-11-26T09:16:47Z
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_684_607);
+        assert_eq!(utc_stamp(t), "20261126-091647");
+        assert_eq!(utc_rfc3339(t), "2026-11-26T09:16:47Z");
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101-000000");
+    }
+
+    #[test]
+    fn error_ratio_signs() {
+        assert_eq!(error_ratio(110, 100), 0.1);
+        assert_eq!(error_ratio(90, 100), -0.1);
+        assert_eq!(error_ratio(0, 0), 0.0);
+    }
+}
