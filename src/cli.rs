@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// Print the points as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Fail (exit 1) if any point's |error| exceeds this ratio (0.02 = 2%), for the total
+    /// peak or for the part above the weights.
+    #[arg(long)]
+    pub max_error: Option<f64>,
 }
 
 /// Exit code for bad input (a config, a flag, an existing run directory).
@@ -237,6 +241,30 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         print!("{}", report::bench_table(&points));
         print!("{}", report::bench_summary(&points));
         println!("run written to {}", out.display());
+    }
+    if let Some(max) = a.max_error {
+        let bad = bench::tolerance_violations(&points, max);
+        if !bad.is_empty() {
+            let list: Vec<String> = bad
+                .iter()
+                .map(|p| {
+                    format!(
+                        "batch {} context {} {}: error {:+.3}%, above the weights {:+.3}%",
+                        p.batch,
+                        p.context,
+                        p.phase,
+                        p.error_ratio * 100.0,
+                        p.above_weights_error_ratio * 100.0
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "{} of {} points exceed --max-error {max}:\n  {}",
+                bad.len(),
+                points.len(),
+                list.join("\n  ")
+            );
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Errors of the run directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

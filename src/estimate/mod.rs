@@ -2,11 +2,11 @@
 //!
 //! The estimate is made for a named engine, because what matters is what a real engine
 //! allocates. [`EngineProfile::CandleEager`] models candle-transformers 0.11's
-//! `models/llama.rs` tensor by tensor: [`candle`] replays the allocations and frees of
+//! `models/llama.rs` tensor by tensor: [`candle_eager`] replays the allocations and frees of
 //! one forward pass in the order that code makes them and reports the high-water mark,
 //! broken down into named [`Component`]s.
 
-pub mod candle;
+pub mod candle_eager;
 
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineProfile {
-    /// candle-transformers' llama without flash-attn, as [`candle`] describes.
+    /// candle-transformers' llama without flash-attn, as [`candle_eager`] describes.
     CandleEager,
 }
 
@@ -240,8 +240,8 @@ pub fn estimate(
 ) -> Estimate {
     let (prefill, decode) = match engine {
         EngineProfile::CandleEager => (
-            candle::prefill(spec, dtype, backend, workload),
-            candle::decode(spec, dtype, backend, workload),
+            candle_eager::prefill(spec, dtype, backend, workload),
+            candle_eager::decode(spec, dtype, backend, workload),
         ),
     };
     Estimate {

@@ -32,7 +32,7 @@ pub enum RunError {
         reason: String,
     },
     /// Anything candle reports.
-    #[error("candle: {0}")]
+    #[error("candle")]
     Candle(#[from] candle_core::Error),
 }
 

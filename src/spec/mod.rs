@@ -20,7 +20,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -145,7 +145,7 @@ impl ModelSpec {
     /// [`SpecError::Io`] when the file cannot be read, [`SpecError::Json`] when it is not
     /// valid JSON, and the errors of [`ModelSpec::from_raw`].
     pub fn from_path(path: &Path) -> Result<Self, SpecError> {
-        let file = if path.is_dir() {
+        let file = if path.is_dir() || path.extension().is_none_or(|e| e != "json") {
             path.join("config.json")
         } else {
             path.to_path_buf()

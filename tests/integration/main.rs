@@ -1,1 +1,46 @@
+//! Integration tests: the real binary, real files, real candle forward passes on the CPU.
 
+mod bench;
+mod estimate;
+mod layering;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (tests run with it as the working directory too).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run the vramprobe binary from the repository root.
+pub fn vramprobe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vramprobe"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("VRAMPROBE_LOG")
+        .output()
+        .expect("run vramprobe")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert success, printing everything the binary said when it did not succeed.
+pub fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

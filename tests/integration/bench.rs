@@ -1,0 +1,279 @@
+use super::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+fn read_points(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("points.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The main job as the README gives it: the default grid on the CPU default model, every
+/// point within 2% (total and above the weights), written point by point.
+#[test]
+fn default_grid_is_within_two_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = vramprobe(&[
+        "bench",
+        "--out",
+        path_str(&out),
+        "--max-error",
+        "0.02",
+        "--json",
+    ]);
+    ok(&o);
+    let printed: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let stored = read_points(&out);
+    assert_eq!(printed, stored, "stdout and points.jsonl agree");
+
+    let batches: BTreeSet<u64> = stored
+        .iter()
+        .map(|p| p["batch"].as_u64().unwrap())
+        .collect();
+    let contexts: BTreeSet<u64> = stored
+        .iter()
+        .map(|p| p["context"].as_u64().unwrap())
+        .collect();
+    assert!(
+        batches.len() >= 3 && contexts.len() >= 4,
+        "{batches:?} {contexts:?}"
+    );
+    assert_eq!(stored.len(), batches.len() * contexts.len() * 2);
+
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let weights = info["measured_weights_bytes"].as_u64().unwrap();
+    // 7,211,264 f32 parameters, plus a few KiB of tensor and map bookkeeping.
+    assert!(
+        (28_845_056..28_845_056 + 64 * 1024).contains(&weights),
+        "{weights}"
+    );
+    assert_eq!(info["environment"]["candle_version"], "0.11.1");
+    assert_eq!(info["engine"], "candle-eager");
+
+    let mut activations_outweigh_weights = false;
+    for p in &stored {
+        for field in [
+            "batch",
+            "context",
+            "phase",
+            "estimated_bytes",
+            "measured_peak_bytes",
+            "source",
+            "measured",
+            "error_ratio",
+            "secs_per_forward",
+            "above_weights_error_ratio",
+        ] {
+            assert!(!p[field].is_null(), "{field} missing in {p}");
+        }
+        assert_eq!(p["source"], "host_alloc");
+        assert_eq!(p["measured"]["host_alloc"], p["measured_peak_bytes"]);
+        let (est, meas) = (
+            p["estimated_bytes"].as_f64().unwrap(),
+            p["measured_peak_bytes"].as_f64().unwrap(),
+        );
+        let err = (est - meas) / meas;
+        assert!((err - p["error_ratio"].as_f64().unwrap()).abs() < 1e-12);
+        assert!(err.abs() <= 0.02, "point off by {:.3}%: {p}", err * 100.0);
+        if p["measured_above_weights_bytes"].as_u64().unwrap() > weights {
+            activations_outweigh_weights = true;
+            let above = p["above_weights_error_ratio"].as_f64().unwrap();
+            assert!(
+                above.abs() <= 0.02,
+                "activation model off by {:.3}%: {p}",
+                above * 100.0
+            );
+        }
+    }
+    assert!(
+        activations_outweigh_weights,
+        "the grid must reach activation-dominated points"
+    );
+}
+
+/// The tolerance check is real: demand an error no estimate can meet and the bench fails,
+/// naming the points, while keeping what it measured.
+#[test]
+fn drift_beyond_tolerance_fails_the_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = vramprobe(&[
+        "bench",
+        "--batch",
+        "1",
+        "--context",
+        "64",
+        "--out",
+        path_str(&out),
+        "--max-error",
+        "0.000001",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("exceed --max-error"), "{err}");
+    assert!(err.contains("batch 1 context 64 prefill"), "{err}");
+    assert_eq!(read_points(&out).len(), 2, "the measured points are kept");
+}
+
+#[test]
+fn bf16_on_cpu_is_within_two_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = vramprobe(&[
+        "bench",
+        "--dtype",
+        "bf16",
+        "--batch",
+        "1,3",
+        "--context",
+        "96,700",
+        "--out",
+        path_str(&out),
+        "--max-error",
+        "0.02",
+    ]);
+    ok(&o);
+    let points = read_points(&out);
+    assert_eq!(points.len(), 8);
+    assert!(points.iter().all(|p| p["dtype"] == "bf16"));
+    // the bf16 CPU matmul's f32 widening is part of the model
+    assert!(points
+        .iter()
+        .any(|p| p["estimated_components"]["matmul_workspace"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0));
+}
+
+#[test]
+fn local_safetensors_load_and_bad_shapes_are_named() {
+    use candle_core::{Device, Tensor};
+    let spec =
+        vramprobe::spec::ModelSpec::from_path(&root().join("models/vramprobe-tiny-llama")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("weights");
+    std::fs::create_dir(&weights).unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> = spec
+        .tensors()
+        .iter()
+        .map(|t| {
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            (
+                t.name.clone(),
+                Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    candle_core::safetensors::save(&tensors, weights.join("model.safetensors")).unwrap();
+    let out = dir.path().join("run");
+    let o = vramprobe(&[
+        "bench",
+        "--weights",
+        path_str(&weights),
+        "--batch",
+        "2",
+        "--context",
+        "128",
+        "--out",
+        path_str(&out),
+        "--max-error",
+        "0.02",
+    ]);
+    ok(&o);
+    let info = std::fs::read_to_string(out.join("run.json")).unwrap();
+    assert!(info.contains("\"weights\": \"local "), "{info}");
+
+    // A checkpoint whose tensor does not match config.json.
+    let mut bad = tensors;
+    bad.insert(
+        "model.layers.2.mlp.up_proj.weight".into(),
+        Tensor::ones((768, 255), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&bad, weights.join("model.safetensors")).unwrap();
+    let o = vramprobe(&[
+        "bench",
+        "--weights",
+        path_str(&weights),
+        "--out",
+        path_str(&dir.path().join("run2")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("model.layers.2.mlp.up_proj.weight") && err.contains("[768, 255]"),
+        "{err}"
+    );
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = vramprobe(&[
+        "bench",
+        "--weights",
+        path_str(&empty),
+        "--out",
+        path_str(&dir.path().join("run3")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no .safetensors files"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_grids_exit_2_before_measuring() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    for (args, expected) in [
+        (vec!["--batch", "0"], "--batch 0"),
+        (vec!["--context", "4096"], "max_position_embeddings 2048"),
+        (vec!["--batch", "-3"], "-3"),
+        (vec!["--context", "abc"], "abc"),
+    ] {
+        let mut all = vec!["bench", "--out", path_str(&out)];
+        all.extend(args);
+        let o = vramprobe(&all);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(expected),
+            "{expected:?} in {}",
+            stderr(&o)
+        );
+        assert!(
+            !out.join("points.jsonl").exists(),
+            "nothing measured for {all:?}"
+        );
+    }
+    // An existing run is never appended to or overwritten.
+    let o = vramprobe(&[
+        "bench",
+        "--batch",
+        "1",
+        "--context",
+        "32",
+        "--out",
+        path_str(&out),
+    ]);
+    ok(&o);
+    let before = std::fs::read_to_string(out.join("points.jsonl")).unwrap();
+    let o = vramprobe(&[
+        "bench",
+        "--batch",
+        "1",
+        "--context",
+        "32",
+        "--out",
+        path_str(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already holds a run"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("points.jsonl")).unwrap(),
+        before
+    );
+}

@@ -1,0 +1,110 @@
+use super::*;
+use serde_json::Value;
+
+#[test]
+fn llama3_8b_json_gives_the_three_numbers() {
+    let o = vramprobe(&[
+        "estimate",
+        "--model",
+        "models/meta-llama-3-8b-instruct",
+        "--json",
+    ]);
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["params"], 8_030_261_248u64);
+    assert_eq!(v["weights_bytes"], 16_060_522_496u64);
+    assert_eq!(v["kv_cache_bytes_per_token"], 131_072u64);
+    assert_eq!(
+        v["dtype"], "bf16",
+        "the config's torch_dtype is the default"
+    );
+    let components = v["components"].as_object().unwrap();
+    let sum: u64 = components.values().map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!(sum, v["total_bytes"].as_u64().unwrap());
+    assert_eq!(components["weights"], 16_060_522_496u64);
+    // At 8184 tokens of context the KV cache alone is over 1 GiB.
+    assert!(components["kv_cache"].as_u64().unwrap() >= 8184 * 131_072);
+}
+
+#[test]
+fn explicit_workload_and_config_file_path() {
+    let o = vramprobe(&[
+        "estimate",
+        "--model",
+        "models/meta-llama-3-8b-instruct/config.json",
+        "--dtype",
+        "f32",
+        "--batch",
+        "4",
+        "--context",
+        "1024",
+        "--json",
+    ]);
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["weights_bytes"], 8_030_261_248u64 * 4);
+    assert_eq!(v["kv_cache_bytes_per_token"], 262_144u64);
+    assert_eq!(v["batch"], 4);
+    assert_eq!(v["context"], 1024);
+    let prefill = v["phases"]["prefill"]["components"].as_object().unwrap();
+    // three f32 score tensors of batch * heads * context^2
+    assert_eq!(prefill["attention_scores"], 3 * 4 * 32 * 1024 * 1024 * 4u64);
+}
+
+#[test]
+fn table_labels_units() {
+    let o = vramprobe(&["estimate", "--model", "models/meta-llama-3-8b-instruct"]);
+    ok(&o);
+    let out = stdout(&o);
+    assert!(out.contains("8,030,261,248"), "{out}");
+    assert!(
+        out.contains("16,060,522,496 bytes = 14.96 GiB (16.06 GB)"),
+        "{out}"
+    );
+    assert!(out.contains("131,072 bytes per token"), "{out}");
+    assert!(out.contains("attention_scores"), "{out}");
+}
+
+#[test]
+fn bad_config_names_file_and_field_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    let tiny =
+        std::fs::read_to_string(root().join("models/vramprobe-tiny-llama/config.json")).unwrap();
+    let cases = [
+        (
+            tiny.replace("\"hidden_size\": 256", "\"hidden_size\": 0"),
+            "`hidden_size` = 0",
+        ),
+        (
+            tiny.replace("\"model_type\": \"llama\"", "\"model_type\": \"bert\""),
+            "\"bert\"",
+        ),
+        (
+            tiny.replace("\"num_attention_heads\": 8", "\"num_attention_heads\": 7"),
+            "num_attention_heads",
+        ),
+        (tiny[..tiny.len() / 2].to_string(), "invalid JSON at line"),
+        (
+            tiny.replace("\"vocab_size\": 8192", "\"vocab_size\": \"many\""),
+            "invalid JSON",
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&cfg, &text).unwrap();
+        let o = vramprobe(&["estimate", "--model", path_str(dir.path())]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(path_str(&cfg)), "{err}");
+        assert!(err.contains(expected), "expected {expected:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn missing_model_is_a_clear_error() {
+    let o = vramprobe(&["estimate", "--model", "models/no-such-model"]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(err.contains("models/no-such-model/config.json"), "{err}");
+}
