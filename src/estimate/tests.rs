@@ -187,3 +187,59 @@ fn breakdown_sums_to_total_and_peak_is_max() {
         e.prefill.total_bytes().max(e.decode.total_bytes())
     );
 }
+
+#[test]
+fn hidden_states_and_qkv_at_the_attention_peak() {
+    // At `softmax @ v` of the last layer: token ids, the layer input and rms_1 output are
+    // alive; q (3 copies: projection, contiguous, rotated) and k (projection, contiguous).
+    let (b, s, h, kvw) = (2, 1024, 256, 64);
+    let e = est(&tiny(), DType::F32, wl(b, s));
+    assert_eq!(
+        e.prefill.peak.get(Component::HiddenStates),
+        b * s * 4 + 2 * b * s * h * 4
+    );
+    assert_eq!(
+        e.prefill.peak.get(Component::QkvProjections),
+        3 * b * s * h * 4 + 2 * b * s * kvw * 4
+    );
+}
+
+#[test]
+fn mlp_peak_holds_four_intermediates() {
+    // A wide MLP and a short context: the peak is gate, silu, up and their product.
+    let mut json: serde_json::Value = serde_json::from_str(include_str!(
+        "../../models/vramprobe-tiny-llama/config.json"
+    ))
+    .unwrap();
+    json["intermediate_size"] = 16384.into();
+    let s = spec(&json.to_string());
+    let (b, ctx) = (1, 32);
+    let e = estimate(
+        &s,
+        DType::F32,
+        EngineProfile::CandleEager,
+        Backend::Cuda,
+        wl(b, ctx),
+    );
+    assert_eq!(e.prefill.peak.get(Component::Mlp), 4 * b * ctx * 16384 * 4);
+    assert_eq!(e.prefill.peak.get(Component::AttentionScores), 0);
+}
+
+#[test]
+fn logits_peak_with_a_huge_vocabulary() {
+    // A large vocabulary over a small model: the peak is the lm_head output, b x vocab f32.
+    let mut json: serde_json::Value = serde_json::from_str(include_str!(
+        "../../models/vramprobe-tiny-llama/config.json"
+    ))
+    .unwrap();
+    json["vocab_size"] = 1_000_000.into();
+    let s = spec(&json.to_string());
+    let e = estimate(
+        &s,
+        DType::F32,
+        EngineProfile::CandleEager,
+        Backend::Cuda,
+        wl(8, 4),
+    );
+    assert_eq!(e.decode.peak.get(Component::Logits), 8 * 1_000_000 * 4);
+}
