@@ -97,8 +97,15 @@ pub struct BenchArgs {
     pub json: bool,
     /// Fail (exit 1) if any point's |error| exceeds this ratio (0.02 = 2%), for the total
     /// peak or for the part above the weights.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_ratio)]
     pub max_error: Option<f64>,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("\"{s}\" is not a ratio >= 0 (0.02 means 2%)")),
+    }
 }
 
 /// Exit code for bad input (a config, a flag, an existing run directory).
