@@ -17,6 +17,16 @@ fn tiny() -> ModelSpec {
     ))
 }
 
+/// The tiny model with one field changed.
+fn tiny_with(field: &str, value: u64) -> ModelSpec {
+    let mut json: serde_json::Value = serde_json::from_str(include_str!(
+        "../../models/vramprobe-tiny-llama/config.json"
+    ))
+    .unwrap();
+    json[field] = value.into();
+    spec(&json.to_string())
+}
+
 fn wl(batch: u64, context: u64) -> Workload {
     Workload {
         batch,
@@ -207,12 +217,7 @@ fn hidden_states_and_qkv_at_the_attention_peak() {
 #[test]
 fn mlp_peak_holds_four_intermediates() {
     // A wide MLP and a short context: the peak is gate, silu, up and their product.
-    let mut json: serde_json::Value = serde_json::from_str(include_str!(
-        "../../models/vramprobe-tiny-llama/config.json"
-    ))
-    .unwrap();
-    json["intermediate_size"] = 16384.into();
-    let s = spec(&json.to_string());
+    let s = tiny_with("intermediate_size", 16384);
     let (b, ctx) = (1, 32);
     let e = estimate(
         &s,
@@ -228,12 +233,7 @@ fn mlp_peak_holds_four_intermediates() {
 #[test]
 fn logits_peak_with_a_huge_vocabulary() {
     // A large vocabulary over a small model: the peak is the lm_head output, b x vocab f32.
-    let mut json: serde_json::Value = serde_json::from_str(include_str!(
-        "../../models/vramprobe-tiny-llama/config.json"
-    ))
-    .unwrap();
-    json["vocab_size"] = 1_000_000.into();
-    let s = spec(&json.to_string());
+    let s = tiny_with("vocab_size", 1_000_000);
     let e = estimate(
         &s,
         DType::F32,
