@@ -96,13 +96,14 @@ pub fn run(
 /// The above-the-weights error is checked only where that part is at least a tenth of the
 /// weights: below that a few KiB of allocator bookkeeping dominate the ratio.
 pub fn tolerance_violations(points: &[PointRecord], max_error: f64) -> Vec<&PointRecord> {
+    // NaN is never within tolerance.
+    let within = |r: f64| r.abs() <= max_error;
     points
         .iter()
         .filter(|p| {
             let above_matters = p.measured_above_weights_bytes * 10
                 >= p.measured_peak_bytes - p.measured_above_weights_bytes;
-            !(p.error_ratio.abs() <= max_error)
-                || (above_matters && !(p.above_weights_error_ratio.abs() <= max_error))
+            !within(p.error_ratio) || (above_matters && !within(p.above_weights_error_ratio))
         })
         .collect()
 }
