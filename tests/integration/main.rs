@@ -1,4 +1,5 @@
 //! Integration tests: the real binary, real files, real candle forward passes on the CPU.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 mod bench;
 mod estimate;
