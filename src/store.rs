@@ -118,12 +118,14 @@ pub struct PointRecord {
     pub source: String,
     /// Every source's measured peak, by name.
     pub measured: BTreeMap<String, u64>,
-    /// (estimated - measured) / measured.
+    /// (estimated - measured) / measured; `null` in JSON where undefined (measured 0).
+    #[serde(deserialize_with = "ratio_or_null")]
     pub error_ratio: f64,
     /// The same for the part above the weights (peak minus weights), so a good total
     /// cannot hide a poor activation model.
     pub estimated_above_weights_bytes: u64,
     pub measured_above_weights_bytes: u64,
+    #[serde(deserialize_with = "ratio_or_null")]
     pub above_weights_error_ratio: f64,
     /// Wall time of one forward pass (prefill) or of one decode step (mean).
     pub secs_per_forward: f64,
@@ -131,13 +133,19 @@ pub struct PointRecord {
     pub status: String,
 }
 
-/// (estimated - measured) / measured; 0 when both are 0.
+/// serde_json writes a non-finite f64 as `null`; read it back as NaN ("undefined").
+fn ratio_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// (estimated - measured) / measured; 0 when both are 0, NaN (undefined, `null` in JSON,
+/// never within a tolerance) when only the measurement is 0.
 pub fn error_ratio(estimated: u64, measured: u64) -> f64 {
     if measured == 0 {
         if estimated == 0 {
             0.0
         } else {
-            f64::INFINITY
+            f64::NAN
         }
     } else {
         (estimated as f64 - measured as f64) / measured as f64
@@ -293,10 +301,68 @@ mod tests {
         assert_eq!(utc_stamp(UNIX_EPOCH), "19700101-000000");
     }
 
+    fn point(batch: u64) -> PointRecord {
+        PointRecord {
+            model: "m".into(),
+            dtype: "f32".into(),
+            engine: "candle-eager".into(),
+            device: "cpu".into(),
+            batch,
+            context: 64,
+            phase: "prefill".into(),
+            decode_steps: 8,
+            estimated_bytes: 110,
+            estimated_components: BTreeMap::from([("weights".into(), 110)]),
+            measured_peak_bytes: 100,
+            source: "host_alloc".into(),
+            measured: BTreeMap::from([("host_alloc".into(), 100)]),
+            error_ratio: 0.1,
+            estimated_above_weights_bytes: 10,
+            measured_above_weights_bytes: 0,
+            above_weights_error_ratio: f64::NAN,
+            secs_per_forward: 0.5,
+            tokens_per_sec: 128.0,
+            status: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn appended_points_read_back_and_a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(dir.path()).unwrap();
+        run.append(&point(1)).unwrap();
+        run.append(&point(2)).unwrap();
+        // A crash in the middle of the third write.
+        let path = dir.path().join("points.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"model\":\"m\",\"bat").unwrap();
+        let back = read_points(dir.path()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].batch, 2);
+        assert_eq!(back[0].error_ratio, 0.1);
+        assert!(
+            back[0].above_weights_error_ratio.is_nan(),
+            "undefined survives a round trip"
+        );
+
+        // A bad line that is not the last is corruption, named by line.
+        f.write_all(b"\n").unwrap();
+        run.append(&point(3)).unwrap();
+        let err = read_points(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("points.jsonl: line 3"), "{err}");
+
+        // The directory now holds a run: it is never reused.
+        assert!(matches!(
+            RunDir::create(dir.path()),
+            Err(StoreError::Exists { .. })
+        ));
+    }
+
     #[test]
     fn error_ratio_signs() {
         assert_eq!(error_ratio(110, 100), 0.1);
         assert_eq!(error_ratio(90, 100), -0.1);
         assert_eq!(error_ratio(0, 0), 0.0);
+        assert!(error_ratio(5, 0).is_nan());
     }
 }
