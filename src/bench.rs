@@ -1,14 +1,26 @@
 //! One-shot benchmark: estimate and measure every point of a grid, append each to the run
 //! directory as it completes.
+//!
+//! Sources and what each is compared with (all in `estimated_by_source`/`error_by_source`):
+//! - `host_alloc` (CPU) and `cuda_pool` (CUDA, allocator-exact): tensor bytes, weights
+//!   included, the run's one-off runtime buffers excluded; against the estimate's total.
+//! - `nvml_process` (CUDA, the primary source there: what nvidia-smi shows): the process's
+//!   whole device memory; against the estimate's total plus this run's measured fixed
+//!   overhead (CUDA context, kernels, library workspaces, pool slack after warm-up).
+//! - `cuda_pool_reserved` and `nvml_device`: recorded raw, compared likewise (the device's
+//!   figure includes other processes' memory before ours).
 
 use crate::estimate::{self, Backend, EngineProfile, Phase, Workload};
 use crate::plan::{Grid, PlanError};
+use crate::probe::host::HostAllocProbe;
 use crate::probe::MemoryProbe;
-use crate::runner::{PhaseMeasurement, RunError, Runner, WeightsSource};
+use crate::runner::{Accel, DeviceKind, PhaseMeasurement, RunError, Runner, WeightsSource};
 use crate::spec::{DType, ModelSpec};
-use crate::store::{self, Environment, PointRecord, RunDir, RunInfo, StoreError};
+use crate::store::{self, Environment, GpuRun, PointRecord, RunDir, RunInfo, StoreError};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Errors of a bench run.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +31,9 @@ pub enum BenchError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A combination of options that cannot work (e.g. a boundary search on the CPU).
+    #[error("{0}")]
+    Options(String),
 }
 
 /// What to bench.
@@ -31,27 +46,247 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// The command line, recorded in run.json.
     pub command: Vec<String>,
+    pub device: DeviceKind,
+    /// NVML sampler rate (CUDA only).
+    pub nvml_hz: u32,
+    /// After the grid, bisect per batch the largest context that fits (CUDA only), to this
+    /// many tokens.
+    pub find_boundary: Option<u64>,
 }
 
 /// The engine the runner executes and the estimate models.
 pub const ENGINE: EngineProfile = EngineProfile::CandleEager;
+
+/// One batch's out-of-memory boundary: measured by bisection, predicted by the estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Boundary {
+    pub batch: u64,
+    /// Largest context measured to fit (prefill and decode), if any.
+    pub measured_max_context: Option<u64>,
+    /// Smallest context measured to run out of memory, if any (None: fits up to the limit).
+    pub measured_first_oom_context: Option<u64>,
+    /// Largest context the estimate says fits in the memory that was free before our
+    /// context existed.
+    pub predicted_max_context: Option<u64>,
+    /// The bisection's resolution in tokens.
+    pub step: u64,
+    /// The largest context the model's position tables allow here.
+    pub limit_context: u64,
+    /// The free memory the prediction used.
+    pub capacity_bytes: u64,
+}
+
+struct Probes<'a> {
+    list: Vec<&'a dyn MemoryProbe>,
+    backend: Backend,
+    /// Fixed overhead for `nvml_process` (GPU only).
+    fixed_overhead: u64,
+    /// Device used before our context (GPU only).
+    device_before: u64,
+}
 
 /// Estimate, measure and store every point; `on_point` sees each record once stored.
 ///
 /// # Errors
 /// [`BenchError::Plan`] before anything is created; [`BenchError::Store`] when the output
 /// directory cannot be created or written; [`BenchError::Run`] when the model cannot be
-/// loaded or a forward pass fails.
+/// loaded or a forward pass fails for another reason than out-of-memory.
 pub fn run(
     opts: &BenchOptions,
-    probe: &dyn MemoryProbe,
     mut on_point: impl FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
     let workloads = opts.grid.workloads(&opts.spec)?;
+    if opts.find_boundary.is_some() && opts.device == DeviceKind::Cpu {
+        return Err(BenchError::Options(
+            "--find-boundary needs a GPU (--device cuda): on the CPU an allocation failure \
+             aborts the process instead of failing one point"
+                .into(),
+        ));
+    }
     let mut dir = RunDir::create(&opts.out)?;
+    match opts.device {
+        DeviceKind::Cpu => {
+            let accel = Arc::new(Accel::open(DeviceKind::Cpu)?);
+            tracing::info!(model = %opts.spec.name(), dtype = %opts.dtype, "loading weights");
+            let runner = Runner::load(
+                &opts.spec,
+                opts.dtype,
+                &opts.weights,
+                accel,
+                &HostAllocProbe,
+            )?;
+            let info = run_info(opts, &runner, "cpu".into(), None);
+            dir.write_info(&info)?;
+            let probes = Probes {
+                list: vec![&HostAllocProbe],
+                backend: Backend::Cpu,
+                fixed_overhead: 0,
+                device_before: 0,
+            };
+            sweep(
+                opts,
+                &info,
+                &runner,
+                &probes,
+                &workloads,
+                &mut dir,
+                &mut on_point,
+            )
+        }
+        DeviceKind::Cuda(i) => run_cuda(opts, i, &workloads, &mut dir, &mut on_point),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(
+    _opts: &BenchOptions,
+    i: usize,
+    _workloads: &[Workload],
+    _dir: &mut RunDir,
+    _on_point: &mut impl FnMut(&PointRecord),
+) -> Result<Vec<PointRecord>, BenchError> {
+    Ok(Accel::open(DeviceKind::Cuda(i)).map(|_| Vec::new())?)
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(
+    opts: &BenchOptions,
+    index: usize,
+    workloads: &[Workload],
+    dir: &mut RunDir,
+    on_point: &mut impl FnMut(&PointRecord),
+) -> Result<Vec<PointRecord>, BenchError> {
+    use crate::probe::cuda_pool::PoolReserved;
+    use crate::probe::nvml::{Gpu, Sampler};
+    use std::collections::BTreeSet;
+
+    // Baselines before our context: NVML only (no CUDA call yet).
+    let gpu = Gpu::open(index as u32);
+    if let Err(e) = &gpu {
+        tracing::warn!(error = %e, "measuring with the memory pool only");
+    }
+    let gpu = gpu.ok();
+    let info_gpu = gpu.as_ref().and_then(|g| g.info().ok());
+    let before_mem = gpu.as_ref().and_then(|g| g.memory().ok());
+    let pids_before: BTreeSet<u32> = gpu
+        .as_ref()
+        .and_then(|g| g.processes().ok())
+        .map(|l| l.into_iter().map(|(p, _)| p).collect())
+        .unwrap_or_default();
+
+    let accel = Arc::new(Accel::open(DeviceKind::Cuda(index))?);
+    let pool = accel
+        .pool()
+        .ok_or_else(|| RunError::Device("no memory pool on this device".into()))?;
+    let sampler = gpu.map(|g| Sampler::start(g, opts.nvml_hz, pids_before));
+    let process_now = || sampler.as_ref().map_or(0, |s| s.sample_now().0);
+    let after_context = process_now();
+
     tracing::info!(model = %opts.spec.name(), dtype = %opts.dtype, "loading weights");
-    let runner = Runner::load(&opts.spec, opts.dtype, &opts.weights, probe)?;
-    let info = RunInfo {
+    let runner = Runner::load(&opts.spec, opts.dtype, &opts.weights, accel.clone(), pool)?;
+    // Runner::load warms up after loading: the weights figure is the pool's, the process
+    // figures below are after warm-up.
+    let after_weights = process_now();
+    accel.settle();
+    let after_warmup = process_now();
+    let stats = pool.stats();
+    let fixed_overhead = after_warmup.saturating_sub(runner.weights_bytes);
+    let gpu_run = GpuRun {
+        info: info_gpu.clone(),
+        pid_match: sampler.as_ref().map(|s| s.pid_match()),
+        nvml_hz: opts.nvml_hz,
+        nvml_samples: 0,
+        device_used_before_context_bytes: before_mem.map_or(0, |m| m.used),
+        device_free_before_context_bytes: before_mem.map_or(0, |m| m.free),
+        process_after_context_bytes: after_context,
+        process_after_weights_bytes: after_weights,
+        process_after_warmup_bytes: after_warmup,
+        pool_used_after_warmup_bytes: stats.used,
+        pool_reserved_after_warmup_bytes: stats.reserved,
+        fixed_overhead_bytes: fixed_overhead,
+    };
+    let device_name = info_gpu
+        .as_ref()
+        .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone());
+    let mut info = run_info(opts, &runner, device_name, Some(gpu_run));
+    dir.write_info(&info)?;
+    write_calibration(dir, &info)?;
+
+    let reserved = PoolReserved(pool);
+    let mut list: Vec<&dyn MemoryProbe> = vec![pool, &reserved];
+    let (proc_probe, dev_probe) = match &sampler {
+        Some(s) => (Some(s.process_probe()), Some(s.device_probe())),
+        None => (None, None),
+    };
+    if let (Some(p), Some(d)) = (&proc_probe, &dev_probe) {
+        list.push(p);
+        list.push(d);
+    }
+    let probes = Probes {
+        list,
+        backend: Backend::Cuda,
+        fixed_overhead,
+        device_before: before_mem.map_or(0, |m| m.used),
+    };
+    let mut points = sweep(opts, &info, &runner, &probes, workloads, dir, on_point)?;
+
+    if let Some(step) = opts.find_boundary {
+        let capacity = before_mem.map_or_else(|| pool.mem_free_total().0, |m| m.free);
+        let mut boundaries = Vec::new();
+        for &b in &opts.grid.batches {
+            let bd = find_boundary(
+                opts,
+                &info,
+                &runner,
+                &probes,
+                b,
+                step,
+                capacity,
+                &mut points,
+                dir,
+                on_point,
+            )?;
+            tracing::info!(?bd, "boundary");
+            boundaries.push(bd);
+            write_json(dir, "boundary.json", &boundaries)?;
+        }
+    }
+    if let (Some(s), Some(g)) = (&sampler, info.gpu.as_mut()) {
+        g.nvml_samples = s.samples();
+        g.pid_match = Some(s.pid_match());
+        dir.write_info(&info)?;
+    }
+    Ok(points)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn write_json<T: Serialize>(dir: &RunDir, name: &str, v: &T) -> Result<(), StoreError> {
+    let path = dir.path().join(name);
+    let mut text = serde_json::to_string_pretty(v).unwrap_or_default();
+    text.push('\n');
+    std::fs::write(&path, text).map_err(|source| StoreError::Io { path, source })
+}
+
+/// `calibration.json`: the measured fixed terms of this GPU, driver and build, for
+/// `estimate --calibration`.
+#[cfg(feature = "cuda")]
+fn write_calibration(dir: &RunDir, info: &RunInfo) -> Result<(), StoreError> {
+    let Some(g) = &info.gpu else { return Ok(()) };
+    let v = serde_json::json!({
+        "schema_version": 1,
+        "gpu": g.info,
+        "candle_version": info.environment.candle_version,
+        "vramprobe_version": info.environment.vramprobe_version,
+        "cuda_context_bytes": g.process_after_context_bytes,
+        "fixed_overhead_bytes": g.fixed_overhead_bytes,
+        "pool_residue_bytes": info.warmup_residue_bytes,
+        "device_used_before_context_bytes": g.device_used_before_context_bytes,
+    });
+    write_json(dir, "calibration.json", &v)
+}
+
+fn run_info(opts: &BenchOptions, runner: &Runner, device: String, gpu: Option<GpuRun>) -> RunInfo {
+    RunInfo {
         schema_version: 1,
         started_at: store::utc_rfc3339(std::time::SystemTime::now()),
         command: opts.command.clone(),
@@ -60,29 +295,29 @@ pub fn run(
         params: opts.spec.param_count(),
         dtype: opts.dtype.to_string(),
         engine: ENGINE.as_str().into(),
-        device: "cpu".into(),
+        device,
         weights: opts.weights.describe(),
         grid: opts.grid.clone(),
         environment: Environment::detect(),
         measured_weights_bytes: runner.weights_bytes,
         warmup_residue_bytes: runner.warmup_residue_bytes,
-    };
-    dir.write_info(&info)?;
+        gpu,
+    }
+}
+
+fn sweep(
+    opts: &BenchOptions,
+    info: &RunInfo,
+    runner: &Runner,
+    probes: &Probes<'_>,
+    workloads: &[Workload],
+    dir: &mut RunDir,
+    on_point: &mut impl FnMut(&PointRecord),
+) -> Result<Vec<PointRecord>, BenchError> {
     let mut points = Vec::with_capacity(workloads.len() * 2);
-    for w in workloads {
-        let est = estimate::estimate(&opts.spec, opts.dtype, ENGINE, Backend::Cpu, w);
-        tracing::info!(batch = w.batch, context = w.context, "measuring");
-        let m = runner.run_point(w, probe)?;
-        for (phase, measured) in [(Phase::Prefill, m.prefill), (Phase::Decode, m.decode)] {
-            let rec = record(
-                &info,
-                &est,
-                w,
-                phase,
-                measured,
-                probe.name(),
-                runner.weights_bytes,
-            );
+    for &w in workloads {
+        let recs = measure(opts, info, runner, probes, w, "grid")?;
+        for rec in recs {
             dir.append(&rec)?;
             on_point(&rec);
             points.push(rec);
@@ -91,15 +326,166 @@ pub fn run(
     Ok(points)
 }
 
+/// Measure one workload and turn it into its two records.
+fn measure(
+    opts: &BenchOptions,
+    info: &RunInfo,
+    runner: &Runner,
+    probes: &Probes<'_>,
+    w: Workload,
+    stage: &str,
+) -> Result<Vec<PointRecord>, BenchError> {
+    let est = estimate::estimate(&opts.spec, opts.dtype, ENGINE, probes.backend, w);
+    tracing::info!(batch = w.batch, context = w.context, stage, "measuring");
+    let m = runner.run_point(w, &probes.list)?;
+    Ok([(Phase::Prefill, m.prefill), (Phase::Decode, m.decode)]
+        .into_iter()
+        .map(|(phase, measured)| {
+            let mut rec = record(info, &est, w, phase, measured, probes, runner.weights_bytes);
+            rec.stage = stage.into();
+            rec
+        })
+        .collect())
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// Whether both phases of a workload fit.
+fn fits(recs: &[PointRecord]) -> bool {
+    recs.iter().all(|r| r.status == "ok")
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// The estimate of what `nvml_process` will show at the peak of a workload.
+fn estimated_process_bytes(opts: &BenchOptions, probes: &Probes<'_>, w: Workload) -> u64 {
+    estimate::estimate(&opts.spec, opts.dtype, ENGINE, probes.backend, w).total_bytes()
+        + probes.fixed_overhead
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// Bisect the largest context that fits at batch `b`, between the grid's last fitting
+/// context and its first out-of-memory one (or the position limit).
+#[allow(clippy::too_many_arguments)]
+fn find_boundary(
+    opts: &BenchOptions,
+    info: &RunInfo,
+    runner: &Runner,
+    probes: &Probes<'_>,
+    b: u64,
+    step: u64,
+    capacity: u64,
+    points: &mut Vec<PointRecord>,
+    dir: &mut RunDir,
+    on_point: &mut impl FnMut(&PointRecord),
+) -> Result<Boundary, BenchError> {
+    let steps = opts.grid.decode_steps;
+    let limit = opts
+        .spec
+        .max_position_embeddings
+        .saturating_sub(steps.max(1));
+    let workload = |c: u64| Workload {
+        batch: b,
+        context: c,
+        decode_steps: steps,
+    };
+    // Predicted: the largest context whose estimate fits in the free memory.
+    let predicted = {
+        let ok = |c: u64| estimated_process_bytes(opts, probes, workload(c)) <= capacity;
+        if !ok(2) {
+            None
+        } else if ok(limit) {
+            Some(limit)
+        } else {
+            let (mut lo, mut hi) = (2u64, limit);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if ok(mid) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            Some(lo)
+        }
+    };
+    // Measured: start from the grid's results at this batch.
+    let grid_fit = |c: u64| -> Option<bool> {
+        let recs: Vec<PointRecord> = points
+            .iter()
+            .filter(|p| p.batch == b && p.context == c)
+            .cloned()
+            .collect();
+        (!recs.is_empty()).then(|| fits(&recs))
+    };
+    let mut lo: Option<u64> = None;
+    let mut hi: Option<u64> = None;
+    for &c in &opts.grid.contexts {
+        match grid_fit(c) {
+            Some(true) => lo = Some(lo.map_or(c, |l: u64| l.max(c))),
+            Some(false) => hi = Some(hi.map_or(c, |h: u64| h.min(c))),
+            None => {}
+        }
+    }
+    let mut probe =
+        |c: u64, points: &mut Vec<PointRecord>, dir: &mut RunDir| -> Result<bool, BenchError> {
+            let recs = measure(opts, info, runner, probes, workload(c), "boundary")?;
+            let ok = fits(&recs);
+            for rec in recs {
+                dir.append(&rec)?;
+                on_point(&rec);
+                points.push(rec);
+            }
+            Ok(ok)
+        };
+    if hi.is_none() {
+        // Everything in the grid fitted: try the limit itself.
+        let top = lo.unwrap_or(2).max(2);
+        if top < limit {
+            if probe(limit, points, dir)? {
+                lo = Some(limit);
+            } else {
+                hi = Some(limit);
+                lo = Some(top);
+            }
+        }
+    }
+    if let Some(mut h) = hi {
+        let mut l = lo.unwrap_or(1);
+        if l > h {
+            l = 1;
+        }
+        while h - l > step.max(1) {
+            let mid = l + (h - l) / 2;
+            if probe(mid, points, dir)? {
+                l = mid;
+            } else {
+                h = mid;
+            }
+        }
+        lo = (l >= 2).then_some(l);
+        hi = Some(h);
+    }
+    Ok(Boundary {
+        batch: b,
+        measured_max_context: lo,
+        measured_first_oom_context: hi,
+        predicted_max_context: predicted,
+        step,
+        limit_context: limit,
+        capacity_bytes: capacity,
+    })
+}
+
 /// Points whose total or above-the-weights error exceeds `max_error` in absolute value.
 ///
 /// The above-the-weights error is checked only where that part is at least a tenth of the
-/// weights: below that a few KiB of allocator bookkeeping dominate the ratio.
+/// weights: below that a few KiB of allocator bookkeeping dominate the ratio. Points that
+/// ran out of memory have nothing measured and are not checked.
 pub fn tolerance_violations(points: &[PointRecord], max_error: f64) -> Vec<&PointRecord> {
     // NaN is never within tolerance.
     let within = |r: f64| r.abs() <= max_error;
     points
         .iter()
+        .filter(|p| p.status == "ok")
         .filter(|p| {
             let above_matters = p.measured_above_weights_bytes * 10
                 >= p.measured_peak_bytes - p.measured_above_weights_bytes;
@@ -113,15 +499,14 @@ fn record(
     est: &estimate::Estimate,
     w: Workload,
     phase: Phase,
-    m: PhaseMeasurement,
-    source: &str,
+    m: Result<PhaseMeasurement, String>,
+    probes: &Probes<'_>,
     measured_weights: u64,
 ) -> PointRecord {
     let pe = est.phase(phase);
     let estimated = pe.total_bytes();
     let est_above = estimated.saturating_sub(est.weights_bytes);
-    let meas_above = m.peak_bytes.saturating_sub(measured_weights);
-    PointRecord {
+    let mut rec = PointRecord {
         model: info.model.clone(),
         dtype: info.dtype.clone(),
         engine: info.engine.clone(),
@@ -137,15 +522,78 @@ fn record(
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
-        measured_peak_bytes: m.peak_bytes,
-        source: source.into(),
-        measured: BTreeMap::from([(source.to_string(), m.peak_bytes)]),
-        error_ratio: store::error_ratio(estimated, m.peak_bytes),
+        measured_peak_bytes: 0,
+        source: String::new(),
+        measured: BTreeMap::new(),
+        error_ratio: f64::NAN,
         estimated_above_weights_bytes: est_above,
-        measured_above_weights_bytes: meas_above,
-        above_weights_error_ratio: store::error_ratio(est_above, meas_above),
-        secs_per_forward: m.secs_per_forward,
-        tokens_per_sec: m.tokens_per_sec,
+        measured_above_weights_bytes: 0,
+        above_weights_error_ratio: f64::NAN,
+        secs_per_forward: 0.0,
+        tokens_per_sec: 0.0,
         status: "ok".into(),
+        estimated_by_source: BTreeMap::new(),
+        error_by_source: BTreeMap::new(),
+        stage: "grid".into(),
+        message: None,
+    };
+    let m = match m {
+        Ok(m) => m,
+        Err(msg) => {
+            rec.status = "oom".into();
+            rec.message = Some(msg);
+            rec.estimated_by_source
+                .insert("nvml_process".into(), estimated + probes.fixed_overhead);
+            return rec;
+        }
+    };
+    // Per source: the measured figure in that source's terms, and the estimate in the same.
+    for &(name, start, peak) in &m.raw {
+        let (measured, est_src) = match name {
+            // Tensor bytes: the peak above what was in use at the start, plus the weights.
+            "host_alloc" | "cuda_pool" => (
+                peak.saturating_sub(start.saturating_sub(measured_weights)),
+                estimated,
+            ),
+            "cuda_pool_reserved" => (peak, estimated + info.warmup_residue_bytes),
+            "nvml_process" => (peak, estimated + probes.fixed_overhead),
+            "nvml_device" => (
+                peak,
+                estimated + probes.fixed_overhead + probes.device_before,
+            ),
+            _ => (peak, estimated),
+        };
+        rec.measured.insert(name.to_string(), measured);
+        rec.estimated_by_source.insert(name.to_string(), est_src);
+        let err = store::error_ratio(est_src, measured);
+        if err.is_finite() {
+            rec.error_by_source.insert(name.to_string(), err);
+        }
     }
+    // The primary source: nvml_process where NVML answers, else the allocator.
+    let primary = ["nvml_process", "host_alloc", "cuda_pool"]
+        .into_iter()
+        .find(|n| rec.measured.get(*n).is_some_and(|&v| v > 0))
+        .unwrap_or(m.raw[0].0);
+    rec.source = primary.into();
+    rec.measured_peak_bytes = rec.measured.get(primary).copied().unwrap_or(0);
+    rec.estimated_bytes = rec
+        .estimated_by_source
+        .get(primary)
+        .copied()
+        .unwrap_or(estimated);
+    rec.error_ratio = store::error_ratio(rec.estimated_bytes, rec.measured_peak_bytes);
+    // Above the weights: always from the allocator-exact source (probes[0]).
+    let exact = m.peak_bytes;
+    rec.measured_above_weights_bytes = exact.saturating_sub(measured_weights);
+    rec.above_weights_error_ratio = store::error_ratio(est_above, rec.measured_above_weights_bytes);
+    if primary != m.raw[0].0 {
+        // Keep measured_peak - measured_above = the primary's non-activation part.
+        rec.measured_above_weights_bytes = rec
+            .measured_above_weights_bytes
+            .min(rec.measured_peak_bytes);
+    }
+    rec.secs_per_forward = m.secs_per_forward;
+    rec.tokens_per_sec = m.tokens_per_sec;
+    rec
 }

@@ -3,9 +3,8 @@
 use crate::bench::{self, BenchError, BenchOptions};
 use crate::estimate::{self, Backend, EngineProfile, Workload};
 use crate::plan::Grid;
-use crate::probe::host::HostAllocProbe;
 use crate::report;
-use crate::runner::WeightsSource;
+use crate::runner::{DeviceKind, WeightsSource};
 use crate::spec::{DType, ModelSpec, SpecError};
 use crate::store;
 use anyhow::Context;
@@ -95,6 +94,23 @@ pub struct BenchArgs {
     /// Print the points as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Where to measure: the CPU backend, or CUDA device 0 (a binary built with
+    /// `--features cuda`, see scripts/build-cuda.sh).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// NVML sampling rate in Hz (CUDA only; NVML calls take a driver lock: keep it low).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub nvml_hz: u32,
+    /// After the grid, bisect per batch the largest context that fits (CUDA only).
+    #[arg(long)]
+    pub find_boundary: bool,
+    /// Resolution of --find-boundary, in tokens.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub boundary_step: u64,
+    /// Override max_position_embeddings (candle's llama builds rope tables for that many
+    /// positions; contexts beyond it cannot run).
+    #[arg(long)]
+    pub max_position: Option<u64>,
     /// Fail (exit 1) if any point's |error| exceeds this ratio (0.02 = 2%), for the total
     /// peak or for the part above the weights.
     #[arg(long, value_parser = parse_ratio)]
@@ -141,6 +157,8 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
             || matches!(
                 c.downcast_ref::<BenchError>(),
                 Some(BenchError::Plan(_))
+                    | Some(BenchError::Options(_))
+                    | Some(BenchError::Run(crate::runner::RunError::Device(_)))
                     | Some(BenchError::Store(store::StoreError::Exists { .. }))
                     | Some(BenchError::Run(crate::runner::RunError::Unsupported { .. }))
                     | Some(BenchError::Run(crate::runner::RunError::BadTensor { .. }))
@@ -213,7 +231,10 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
-    let spec = load_spec(a.model.as_deref())?;
+    let mut spec = load_spec(a.model.as_deref())?;
+    if let Some(m) = a.max_position {
+        spec = spec.with_max_position(m)?;
+    }
     let weights = if a.weights == "synthetic" {
         WeightsSource::Synthetic { seed: a.seed }
     } else {
@@ -237,8 +258,14 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         weights,
         out: out.clone(),
         command: std::env::args().collect(),
+        device: match a.device {
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Cuda => DeviceKind::Cuda(0),
+        },
+        nvml_hz: a.nvml_hz,
+        find_boundary: a.find_boundary.then_some(a.boundary_step),
     };
-    let points = bench::run(&opts, &HostAllocProbe, |p| {
+    let points = bench::run(&opts, |p| {
         tracing::info!(batch = p.batch, context = p.context, phase = %p.phase, error = p.error_ratio, "point stored");
     })
     .with_context(|| format!("bench into {}", out.display()))?;

@@ -96,6 +96,35 @@ pub struct RunInfo {
     /// One-off bytes the warm-up left allocated (thread pools, gemm buffers); excluded
     /// from every point.
     pub warmup_residue_bytes: u64,
+    /// On a GPU: the device and the measured baselines (absent on the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuRun>,
+}
+
+/// A GPU run's device and baselines, all measured in this run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRun {
+    /// NVML's identity of the device (absent when NVML is not available).
+    pub info: Option<crate::probe::nvml::GpuInfo>,
+    /// How our process was found in NVML's process list.
+    pub pid_match: Option<crate::probe::nvml::PidMatch>,
+    /// NVML sampler rate and samples taken.
+    pub nvml_hz: u32,
+    pub nvml_samples: u64,
+    /// Device memory used (NVML) before our CUDA context existed, and free then.
+    pub device_used_before_context_bytes: u64,
+    pub device_free_before_context_bytes: u64,
+    /// This process's memory (NVML) after the context, after the weights, after warm-up.
+    pub process_after_context_bytes: u64,
+    pub process_after_weights_bytes: u64,
+    pub process_after_warmup_bytes: u64,
+    /// The default pool's used and reserved bytes after warm-up.
+    pub pool_used_after_warmup_bytes: u64,
+    pub pool_reserved_after_warmup_bytes: u64,
+    /// What the process holds beyond the weights in the pool, after warm-up: CUDA context,
+    /// loaded kernels, library handles and workspaces, pool slack. Added to the tensor
+    /// estimate to predict `nvml_process`.
+    pub fixed_overhead_bytes: u64,
 }
 
 /// One line of `points.jsonl`.
@@ -130,7 +159,24 @@ pub struct PointRecord {
     /// Wall time of one forward pass (prefill) or of one decode step (mean).
     pub secs_per_forward: f64,
     pub tokens_per_sec: f64,
+    /// `ok`, or `oom` when the device ran out of memory (then nothing is measured).
     pub status: String,
+    /// The estimate in each source's terms, by source name (see `bench`).
+    #[serde(default)]
+    pub estimated_by_source: BTreeMap<String, u64>,
+    /// (estimated - measured) / measured per source, where defined.
+    #[serde(default)]
+    pub error_by_source: BTreeMap<String, f64>,
+    /// `grid`, or `boundary` for a point measured by the out-of-memory boundary search.
+    #[serde(default = "grid_stage")]
+    pub stage: String,
+    /// The device's message for an `oom` point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn grid_stage() -> String {
+    "grid".into()
 }
 
 /// serde_json writes a non-finite f64 as `null`; read it back as NaN ("undefined").
@@ -323,6 +369,10 @@ mod tests {
             secs_per_forward: 0.5,
             tokens_per_sec: 128.0,
             status: "ok".into(),
+            estimated_by_source: BTreeMap::new(),
+            error_by_source: BTreeMap::new(),
+            stage: "grid".into(),
+            message: None,
         }
     }
 

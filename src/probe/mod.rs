@@ -1,9 +1,14 @@
 //! Memory probes: where a measured number comes from.
 //!
 //! Every result names its source. On the CPU the one source is [`host::HostAllocProbe`],
-//! the process's own counting global allocator: exact current and peak bytes.
+//! the process's own counting global allocator: exact current and peak bytes. On CUDA:
+//! [`cuda_pool`] (the device's default memory pool, allocator-exact; feature `cuda`) and
+//! [`nvml`] (`nvml_process`, what nvidia-smi shows, and `nvml_device`).
 
+#[cfg(feature = "cuda")]
+pub mod cuda_pool;
 pub mod host;
+pub mod nvml;
 
 /// A source of memory measurements with a resettable high-water mark.
 pub trait MemoryProbe: Send + Sync {

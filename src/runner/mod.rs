@@ -31,9 +31,24 @@ pub enum RunError {
         name: String,
         reason: String,
     },
+    /// The device ran out of memory: a result, not a failure (see [`Runner::run_point`]).
+    #[error("out of memory on {device}: {message}")]
+    OutOfMemory { device: String, message: String },
+    /// The device cannot be opened (no CUDA driver, no GPU, a binary built without `cuda`).
+    #[error("{0}")]
+    Device(String),
     /// Anything candle reports.
     #[error("candle")]
     Candle(#[from] candle_core::Error),
+}
+
+/// Whether a candle error is the device running out of memory (the driver's
+/// CUDA_ERROR_OUT_OF_MEMORY, cuBLAS's failed allocation).
+fn is_oom(e: &candle_core::Error) -> bool {
+    let text = format!("{e:?}");
+    text.contains("OUT_OF_MEMORY")
+        || text.contains("ALLOC_FAILED")
+        || text.contains("out of memory")
 }
 
 impl RunError {
@@ -43,6 +58,8 @@ impl RunError {
             RunError::Unsupported { .. } => "unsupported",
             RunError::NoWeights { .. } => "no_weights",
             RunError::BadTensor { .. } => "bad_tensor",
+            RunError::OutOfMemory { .. } => "oom",
+            RunError::Device(_) => "device",
             RunError::Candle(_) => "candle",
         }
     }
@@ -67,22 +84,115 @@ impl WeightsSource {
     }
 }
 
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    /// A CUDA device by ordinal (needs a binary built with `--features cuda`).
+    Cuda(usize),
+}
+
+impl DeviceKind {
+    pub fn describe(&self) -> String {
+        match self {
+            DeviceKind::Cpu => "cpu".into(),
+            DeviceKind::Cuda(i) => format!("cuda:{i}"),
+        }
+    }
+}
+
+/// An opened device: candle's handle plus, on CUDA, the default memory pool's probe.
+pub struct Accel {
+    device: Device,
+    kind: DeviceKind,
+    #[cfg(feature = "cuda")]
+    pool: Option<crate::probe::cuda_pool::CudaPoolProbe>,
+}
+
+impl Accel {
+    /// Open the device (on CUDA this creates the context, cuBLAS and cuRAND handles).
+    ///
+    /// # Errors
+    /// [`RunError::Device`] when CUDA is asked for and unavailable.
+    pub fn open(kind: DeviceKind) -> Result<Self, RunError> {
+        match kind {
+            DeviceKind::Cpu => Ok(Self {
+                device: Device::Cpu,
+                kind,
+                #[cfg(feature = "cuda")]
+                pool: None,
+            }),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda(i) => {
+                let device = Device::new_cuda(i)
+                    .map_err(|e| RunError::Device(format!("CUDA device {i}: {e}")))?;
+                let stream = device
+                    .as_cuda_device()
+                    .map_err(|e| RunError::Device(e.to_string()))?
+                    .cuda_stream();
+                let pool = crate::probe::cuda_pool::CudaPoolProbe::new(stream)
+                    .map_err(|e| RunError::Device(format!("CUDA device {i} memory pool: {e}")))?;
+                Ok(Self {
+                    device,
+                    kind,
+                    pool: Some(pool),
+                })
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda(_) => Err(RunError::Device(
+                "this vramprobe was built without CUDA: build it with scripts/build-cuda.sh \
+                 (cargo build --features cuda), or use --device cpu"
+                    .into(),
+            )),
+        }
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+
+    /// The default memory pool's probe (CUDA only).
+    #[cfg(feature = "cuda")]
+    pub fn pool(&self) -> Option<&crate::probe::cuda_pool::CudaPoolProbe> {
+        self.pool.as_ref()
+    }
+
+    /// Wait for queued work (timings on CUDA are taken after this).
+    pub fn synchronize(&self) -> Result<(), RunError> {
+        Ok(self.device.synchronize()?)
+    }
+
+    /// Wait for queued work and hand the pool's unused reservation back to the driver.
+    pub fn settle(&self) {
+        #[cfg(feature = "cuda")]
+        if let Some(p) = &self.pool {
+            p.trim();
+            return;
+        }
+        let _ = self.device.synchronize();
+    }
+}
+
 /// One phase's measurement.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PhaseMeasurement {
-    /// Peak bytes above the run's baseline (so the weights are included).
+    /// Peak bytes above the run's baseline (so the weights are included), primary probe.
     pub peak_bytes: u64,
+    /// Every probe's raw high-water mark in this phase and its reading when the point
+    /// started, in the order the probes were given: `(name, start, peak)`.
+    pub raw: Vec<(&'static str, u64, u64)>,
     /// Wall time of one forward pass (the prefill, or the mean decode step).
     pub secs_per_forward: f64,
     /// Tokens processed per second (batch * tokens / time).
     pub tokens_per_sec: f64,
 }
 
-/// Both phases of one point.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Both phases of one point; a phase that ran out of memory is `Err` with the driver's
+/// message (the decode phase of a point whose prefill ran out is not attempted).
+#[derive(Debug, Clone, PartialEq)]
 pub struct PointMeasurement {
-    pub prefill: PhaseMeasurement,
-    pub decode: PhaseMeasurement,
+    pub prefill: Result<PhaseMeasurement, String>,
+    pub decode: Result<PhaseMeasurement, String>,
 }
 
 /// A loaded model ready to be measured.
@@ -92,6 +202,7 @@ pub struct Runner {
     spec: ModelSpec,
     dtype: candle_core::DType,
     device: Device,
+    accel: std::sync::Arc<Accel>,
     /// Bytes the weights occupy, as measured.
     pub weights_bytes: u64,
     /// Bytes left allocated by the warm-up pass (thread pools, gemm buffers): one-off
@@ -182,6 +293,18 @@ fn synthetic_tensor(
     device: &Device,
 ) -> Result<Tensor, RunError> {
     let n = t.numel() as usize;
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    if !device.is_cpu() {
+        // Random on the device (candle's CUDA generator takes f32 only), then cast: fast, and
+        // the same bytes as a checkpoint. The device's generator is seeded once in `load`.
+        let t = if t.name.ends_with("norm.weight") {
+            Tensor::ones(shape, candle_core::DType::F32, device)?
+        } else {
+            let a = 0.02 * 3f64.sqrt();
+            Tensor::rand(-a as f32, a as f32, shape, device)?
+        };
+        return Ok(t.to_dtype(dtype)?);
+    }
     let values = if t.name.ends_with("norm.weight") {
         vec![1f32; n]
     } else {
@@ -189,7 +312,6 @@ fn synthetic_tensor(
         let a = 0.02 * 3f32.sqrt();
         (0..n).map(|_| rng.uniform(a)).collect()
     };
-    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
 }
 
@@ -242,7 +364,7 @@ fn local_tensors(
 }
 
 impl Runner {
-    /// Build the model on the CPU and measure what its weights occupy.
+    /// Build the model on `accel`'s device and measure what its weights occupy (with `probe`).
     ///
     /// # Errors
     /// [`RunError::Unsupported`] for configs candle's llama cannot run; for local weights
@@ -251,11 +373,18 @@ impl Runner {
         spec: &ModelSpec,
         dtype: DType,
         weights: &WeightsSource,
+        accel: std::sync::Arc<Accel>,
         probe: &dyn MemoryProbe,
     ) -> Result<Self, RunError> {
         let config = candle_config(spec)?;
-        let device = Device::Cpu;
+        let device = accel.device.clone();
         let cdt = candle_dtype(dtype);
+        if let WeightsSource::Synthetic { seed } = weights {
+            if !device.is_cpu() {
+                device.set_seed(*seed)?;
+            }
+        }
+        accel.settle();
         let baseline_bytes = probe.current_bytes();
         let tensors = match weights {
             WeightsSource::Synthetic { seed } => spec
@@ -268,6 +397,8 @@ impl Runner {
         };
         let vb = VarBuilder::from_tensors(tensors, cdt, &device);
         let model = Llama::load(vb, &config)?;
+        // The f32 staging tensors of synthetic weights are freed; give their space back.
+        accel.settle();
         let weights_bytes = probe.current_bytes().saturating_sub(baseline_bytes);
         let mut runner = Runner {
             model,
@@ -275,6 +406,7 @@ impl Runner {
             spec: spec.clone(),
             dtype: cdt,
             device,
+            accel,
             weights_bytes,
             warmup_residue_bytes: 0,
         };
@@ -300,6 +432,7 @@ impl Runner {
             let next = self.tokens(2, 1, s)?;
             let _ = self.model.forward(&next, s, &mut cache)?;
         }
+        self.accel.settle();
         self.warmup_residue_bytes = probe.current_bytes().saturating_sub(before);
         Ok(())
     }
@@ -315,49 +448,95 @@ impl Runner {
 
     /// Measure one point: a prefill of `context` tokens for `batch` sequences with a fresh
     /// cache (masks are cached per shape inside it), then `decode_steps` single-token steps.
+    /// `probes[0]` is the primary source (its peak becomes `peak_bytes`); every probe's raw
+    /// readings are kept. Between phases and after the point the device is settled (queued
+    /// work waited for, the pool's unused reservation handed back).
+    ///
+    /// Running out of device memory is a result: the phase is `Err` with the message,
+    /// everything of the point is freed, and the runner stays usable.
     ///
     /// # Errors
-    /// [`RunError::Candle`] from the forward passes (including out-of-memory on a device).
+    /// [`RunError::Candle`] from the forward passes for anything but out-of-memory.
     pub fn run_point(
         &self,
         w: Workload,
-        probe: &dyn MemoryProbe,
+        probes: &[&dyn MemoryProbe],
     ) -> Result<PointMeasurement, RunError> {
         let (b, s) = (w.batch as usize, w.context as usize);
         let steps = w.decode_steps.max(1) as usize;
+        let primary = probes[0];
+        self.accel.settle();
         // Everything in use now that is not the weights (allocations made before them, the
         // warm-up's runtime buffers, the caller's bookkeeping) is not part of the point.
-        let offset = probe.current_bytes().saturating_sub(self.weights_bytes);
-        probe.reset_peak();
-        let mut cache = Cache::new(true, self.dtype, &self.config, &self.device)?;
-        let tokens = self.tokens(b, s, 0)?;
-        let t0 = Instant::now();
-        let logits = self.model.forward(&tokens, 0, &mut cache)?;
-        let prefill_secs = t0.elapsed().as_secs_f64();
-        let prefill_peak = probe.peak_bytes().saturating_sub(offset);
-        drop(logits);
-        drop(tokens);
+        let offset = primary.current_bytes().saturating_sub(self.weights_bytes);
+        let start: Vec<u64> = probes.iter().map(|p| p.current_bytes()).collect();
+        let finish = |secs: f64, tokens: usize| -> PhaseMeasurement {
+            let raw: Vec<(&'static str, u64, u64)> = probes
+                .iter()
+                .zip(&start)
+                .map(|(p, &st)| (p.name(), st, p.peak_bytes()))
+                .collect();
+            PhaseMeasurement {
+                peak_bytes: raw[0].2.saturating_sub(offset),
+                raw,
+                secs_per_forward: secs,
+                tokens_per_sec: tokens as f64 / secs.max(1e-12),
+            }
+        };
+        let oom_or = |e: candle_core::Error| -> Result<String, RunError> {
+            if is_oom(&e) {
+                Ok(format!("{e}"))
+            } else {
+                Err(RunError::Candle(e))
+            }
+        };
 
-        probe.reset_peak();
-        let t1 = Instant::now();
-        for i in 0..steps {
-            let next = self.tokens(b, 1, s + i)?;
-            let _logits = self.model.forward(&next, s + i, &mut cache)?;
+        for p in probes {
+            p.reset_peak();
         }
-        let decode_secs = t1.elapsed().as_secs_f64() / steps as f64;
-        let decode_peak = probe.peak_bytes().saturating_sub(offset);
+        let mut cache = Cache::new(true, self.dtype, &self.config, &self.device)?;
+        let t0 = Instant::now();
+        let prefill = (|| {
+            let tokens = self.tokens(b, s, 0)?;
+            let logits = self.model.forward(&tokens, 0, &mut cache)?;
+            self.device.synchronize()?;
+            drop(logits);
+            Ok::<_, RunError>(())
+        })();
+        let prefill = match prefill {
+            Ok(()) => Ok(finish(t0.elapsed().as_secs_f64(), b * s)),
+            Err(RunError::Candle(e)) => Err(oom_or(e)?),
+            Err(e) => return Err(e),
+        };
+        if let Err(msg) = &prefill {
+            drop(cache);
+            self.accel.settle();
+            return Ok(PointMeasurement {
+                prefill: prefill.clone(),
+                decode: Err(format!("not run: the prefill failed ({msg})")),
+            });
+        }
+        // Between the phases: wait, hand back the prefill's reservation, restart the peaks.
+        self.accel.settle();
+        for p in probes {
+            p.reset_peak();
+        }
+        let t1 = Instant::now();
+        let decode = (|| {
+            for i in 0..steps {
+                let next = self.tokens(b, 1, s + i)?;
+                let _logits = self.model.forward(&next, s + i, &mut cache)?;
+            }
+            self.device.synchronize()?;
+            Ok::<_, RunError>(())
+        })();
+        let decode = match decode {
+            Ok(()) => Ok(finish(t1.elapsed().as_secs_f64() / steps as f64, b)),
+            Err(RunError::Candle(e)) => Err(oom_or(e)?),
+            Err(e) => return Err(e),
+        };
         drop(cache);
-        Ok(PointMeasurement {
-            prefill: PhaseMeasurement {
-                peak_bytes: prefill_peak,
-                secs_per_forward: prefill_secs,
-                tokens_per_sec: (b * s) as f64 / prefill_secs.max(1e-12),
-            },
-            decode: PhaseMeasurement {
-                peak_bytes: decode_peak,
-                secs_per_forward: decode_secs,
-                tokens_per_sec: b as f64 / decode_secs.max(1e-12),
-            },
-        })
+        self.accel.settle();
+        Ok(PointMeasurement { prefill, decode })
     }
 }

@@ -381,6 +381,25 @@ impl ModelSpec {
         v * h + head + h + l * per_layer
     }
 
+    /// The same model with `max_position_embeddings` replaced (candle's llama builds its
+    /// rope tables for that many positions, so this bounds the contexts that can run).
+    ///
+    /// # Errors
+    /// [`SpecError::InvalidField`] for fewer than 2 positions or more than 2^24.
+    pub fn with_max_position(&self, positions: u64) -> Result<Self, SpecError> {
+        if !(2..=1 << 24).contains(&positions) {
+            return Err(SpecError::InvalidField {
+                path: PathBuf::from("--max-position"),
+                field: "max_position_embeddings",
+                value: positions.to_string(),
+                reason: "must be between 2 and 16777216".into(),
+            });
+        }
+        let mut s = self.clone();
+        s.max_position_embeddings = positions;
+        Ok(s)
+    }
+
     /// A short display name: the folder the config came from, or the source itself.
     pub fn name(&self) -> String {
         let p = Path::new(&self.source);

@@ -277,3 +277,66 @@ fn bad_grids_exit_2_before_measuring() {
         before
     );
 }
+
+/// Asking for what this build or this machine cannot do is bad input: exit 2, one clear
+/// line naming the flag, and no run directory left behind with points in it.
+#[test]
+fn gpu_only_options_fail_clearly_on_a_cpu_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--find-boundary"], "--find-boundary needs a GPU"),
+        (&["--max-position", "1"], "max_position_embeddings"),
+        (&["--nvml-hz", "0"], "--nvml-hz"),
+    ];
+    for (i, (extra, expect)) in cases.iter().enumerate() {
+        let out = dir.path().join(format!("run{i}"));
+        let mut args = vec!["bench", "--out", path_str(&out)];
+        args.extend_from_slice(extra);
+        let o = vramprobe(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expect), "{args:?}: {}", stderr(&o));
+        let points = out.join("points.jsonl");
+        let kept = std::fs::read_to_string(&points).unwrap_or_default();
+        assert!(kept.is_empty(), "{args:?} measured something: {kept}");
+    }
+    if !cfg!(feature = "cuda") {
+        let out = dir.path().join("cuda");
+        let o = vramprobe(&["bench", "--device", "cuda", "--out", path_str(&out)]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("built without CUDA"), "{}", stderr(&o));
+    }
+}
+
+/// --max-position raises the position limit the grid is checked against.
+#[test]
+fn max_position_lets_longer_contexts_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // The tiny model has 2048 positions: 2100 + 8 decode steps needs the override.
+    let base = [
+        "bench",
+        "--batch",
+        "1",
+        "--context",
+        "2100",
+        "--decode-steps",
+        "2",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--out", path_str(&out)]);
+    let o = vramprobe(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let out2 = dir.path().join("run2");
+    let mut args = base.to_vec();
+    args.extend([
+        "--max-position",
+        "4096",
+        "--out",
+        path_str(&out2),
+        "--max-error",
+        "0.02",
+    ]);
+    let o = vramprobe(&args);
+    ok(&o);
+    assert_eq!(read_points(&out2).len(), 2);
+}

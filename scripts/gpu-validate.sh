@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One prepared validation run on an H100/H200 host with the NVIDIA driver and a PyTorch venv
+# holding the CUDA 13 libraries, but no Rust and no network. The CUDA binary is built
+# elsewhere (scripts/build-cuda.sh) and copied here with this repository.
+#
+#   scripts/gpu-validate.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else ./gpu-validate
+#
+# Steps (each bounded by `timeout`, results packed into OUT_DIR/results.tar.gz after each,
+# so a run cut short keeps what it measured):
+#   1. the device: nvidia-smi, the CUDA libraries found
+#   2. the tiny model on CUDA in bf16 (seconds): the probes and the pool on a small case
+#   3. Llama-3-8B BF16, synthetic weights, batch {1,2,4,8} x context {128,...,8192}, prefill
+#      + 8 decode steps, then the out-of-memory boundary per batch (positions up to 32768)
+#   4. scripts/torch_reference.py on the same grid (eager and sdpa attention)
+set -uo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+out="${1:-${OUT:-$root/gpu-validate}}"
+mkdir -p "$out"
+bin="${VRAMPROBE_BIN:-$root/target/cuda/release/vramprobe}"
+py="${PYTHON:-python3}"
+log="$out/log.txt"
+work="$(mktemp -d)"
+say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$log"; }
+pack() { tar -C "$work" -czf "$out/results.tar.gz" . 2>/dev/null; }
+
+# 1. The CUDA 13 libraries: from the PyTorch venv's nvidia/* packages (or the system).
+libdirs=""
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13; do
+  found="$("$py" - "$lib" <<'EOF' 2>/dev/null
+import glob, os, site, sys
+name = sys.argv[1]
+roots = site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    for p in glob.glob(os.path.join(r, "nvidia", "**", name), recursive=True):
+        print(os.path.dirname(p)); sys.exit(0)
+EOF
+)"
+  [ -z "$found" ] && found="$(dirname "$(ldconfig -p | awk -v n="$lib" '$1 == n {print $NF; exit}')" 2>/dev/null)"
+  [ -z "$found" ] && found="$(dirname "$(find / -xdev -name "$lib" 2>/dev/null | head -n1)" 2>/dev/null)"
+  if [ -z "$found" ] || [ "$found" = "." ]; then
+    say "missing $lib: install a PyTorch cu130 environment or the CUDA 13 runtime"; exit 2
+  fi
+  case ":$libdirs:" in *":$found:"*) ;; *) libdirs="${libdirs:+$libdirs:}$found" ;; esac
+done
+export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee -a "$log"
+nvidia-smi >"$work/nvidia-smi.txt" 2>&1
+"$bin" --version | tee -a "$log" || { say "the binary does not start"; ldd "$bin" | tee -a "$log"; exit 1; }
+pack
+
+# 2. Tiny model on CUDA.
+say "tiny model, bf16, CUDA"
+VRAMPROBE_LOG=info timeout 120 "$bin" bench --device cuda --dtype bf16 --out "$work/tiny" \
+  >"$work/tiny.txt" 2>>"$log"
+say "tiny: rc $?"; tail -n 5 "$work/tiny.txt" | tee -a "$log"
+pack
+
+# 3. Llama-3-8B BF16, synthetic weights.
+say "Llama-3-8B bf16 synthetic grid + boundary"
+VRAMPROBE_LOG=info timeout "${LLAMA_TIMEOUT:-240}" "$bin" bench --device cuda --dtype bf16 \
+  --model models/meta-llama-3-8b-instruct --weights synthetic \
+  --batch 1,2,4,8 --context 128,512,1024,2048,4096,8192 --decode-steps 8 \
+  --max-position 32768 --find-boundary --boundary-step 256 \
+  --out "$work/llama3-8b" >"$work/llama3-8b.txt" 2>>"$log"
+say "llama: rc $?"; tail -n 8 "$work/llama3-8b.txt" | tee -a "$log"
+pack
+
+# 4. PyTorch reference on the same grid.
+say "PyTorch reference"
+PYTHONUNBUFFERED=1 timeout "${TORCH_TIMEOUT:-150}" "$py" scripts/torch_reference.py \
+  --model models/meta-llama-3-8b-instruct --batch 1,2,4,8 \
+  --context 128,512,1024,2048,4096,8192 --decode-steps 8 \
+  --out "$work/torch.jsonl" >"$work/torch.txt" 2>&1
+say "torch: rc $?"; tail -n 3 "$work/torch.txt" | tee -a "$log"
+pack
+say "done: $out/results.tar.gz"
