@@ -5,7 +5,7 @@
 #
 # Output: target/cuda/release/vramprobe, stripped (copy it to the GPU host with the scripts/
 # folder). It needs at start-up the driver's libcuda.so.1 and the CUDA 13 libraries
-# libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and libcudart.so.13: on a host with a
+# libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libcudart.so.13 and libnvrtc.so.13: on a host with a
 # PyTorch cu130 venv, scripts/gpu-validate.sh finds them.
 set -euo pipefail
 

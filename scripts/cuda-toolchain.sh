@@ -23,13 +23,14 @@ pins=(
   nvidia-cuda-cccl==13.0.85
   nvidia-cublas==13.0.0.19
   nvidia-curand==10.4.0.35
+  nvidia-cuda-nvrtc==13.0.88
 )
 
 mkdir -p "$wheels"
 if [ ! -x "$cuda/bin/nvcc" ] || [ ! -f "$dir/.pins" ] || [ "$(cat "$dir/.pins")" != "${pins[*]}" ]; then
   echo "cuda-toolchain: downloading ${#pins[@]} wheels into $wheels" >&2
   python3 -m pip download --quiet --no-deps --only-binary=:all: \
-    --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_12_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --python-version 3.11 --implementation cp -d "$wheels" "${pins[@]}"
   for w in "$wheels"/*.whl; do

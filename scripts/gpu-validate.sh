@@ -27,7 +27,7 @@ pack() { tar -C "$work" -czf "$out/results.tar.gz" . 2>/dev/null; }
 
 # 1. The CUDA 13 libraries: from the PyTorch venv's nvidia/* packages (or the system).
 libdirs=""
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13; do
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 libnvrtc.so.13; do
   found="$("$py" - "$lib" <<'EOF' 2>/dev/null
 import glob, os, site, sys
 name = sys.argv[1]

@@ -597,3 +597,126 @@ fn record(
     rec.tokens_per_sec = m.tokens_per_sec;
     rec
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> (ModelSpec, RunInfo, estimate::Estimate, Workload) {
+        let spec = ModelSpec::from_json_str(
+            crate::TINY_CONFIG,
+            std::path::Path::new(crate::TINY_CONFIG_PATH),
+        )
+        .expect("tiny config");
+        let w = Workload {
+            batch: 2,
+            context: 256,
+            decode_steps: 4,
+        };
+        let est = estimate::estimate(&spec, DType::BF16, ENGINE, Backend::Cuda, w);
+        let info = RunInfo {
+            schema_version: 1,
+            started_at: String::new(),
+            command: vec![],
+            model: spec.name(),
+            model_config: spec.source.clone(),
+            params: spec.param_count(),
+            dtype: "bf16".into(),
+            engine: ENGINE.as_str().into(),
+            device: "fake GPU".into(),
+            weights: "synthetic".into(),
+            grid: Grid {
+                batches: vec![2],
+                contexts: vec![256],
+                decode_steps: 4,
+            },
+            environment: Environment::detect(),
+            measured_weights_bytes: est.weights_bytes,
+            warmup_residue_bytes: 1 << 20,
+            gpu: None,
+        };
+        (spec, info, est, w)
+    }
+
+    /// Each source is compared with the estimate in its own terms: tensor bytes for the
+    /// pool, tensor bytes plus the run's fixed overhead for NVML's process figure, which is
+    /// the primary source on a GPU.
+    #[test]
+    fn sources_are_compared_in_their_own_terms() {
+        let (_, info, est, w) = fixture();
+        let weights = est.weights_bytes;
+        let tensors = est.prefill.total_bytes();
+        let fixed = 500 << 20;
+        let probes = Probes {
+            list: vec![],
+            backend: Backend::Cuda,
+            fixed_overhead: fixed,
+            device_before: 7 << 20,
+        };
+        // Pool: 3 MiB in use at the start beyond the weights (the residue), peak 1% above
+        // the estimate. NVML: absolute, 2% above tensors + fixed.
+        let residue = 3 << 20;
+        let pool_peak = residue + tensors + tensors / 100;
+        let nvml_peak = (tensors + fixed) * 102 / 100;
+        let m = PhaseMeasurement {
+            peak_bytes: pool_peak - residue,
+            raw: vec![
+                ("cuda_pool", weights + residue, pool_peak),
+                ("nvml_process", fixed + weights, nvml_peak),
+            ],
+            secs_per_forward: 0.5,
+            tokens_per_sec: 1024.0,
+        };
+        let rec = record(&info, &est, w, Phase::Prefill, Ok(m), &probes, weights);
+        assert_eq!(rec.status, "ok");
+        assert_eq!(rec.source, "nvml_process");
+        assert_eq!(rec.measured["cuda_pool"], tensors + tensors / 100);
+        assert_eq!(rec.estimated_by_source["cuda_pool"], tensors);
+        assert_eq!(rec.estimated_by_source["nvml_process"], tensors + fixed);
+        assert_eq!(rec.measured_peak_bytes, nvml_peak);
+        assert!(
+            (rec.error_by_source["cuda_pool"] + 0.0099).abs() < 1e-3,
+            "{rec:?}"
+        );
+        assert!((rec.error_ratio + 0.0196).abs() < 1e-3, "{rec:?}");
+        // Above the weights comes from the allocator-exact source.
+        assert_eq!(
+            rec.measured_above_weights_bytes,
+            tensors + tensors / 100 - weights
+        );
+    }
+
+    /// An out-of-memory phase is a record with its estimate and nothing measured, and the
+    /// tolerance check skips it.
+    #[test]
+    fn an_oom_phase_is_a_result() {
+        let (_, info, est, w) = fixture();
+        let probes = Probes {
+            list: vec![],
+            backend: Backend::Cuda,
+            fixed_overhead: 1 << 29,
+            device_before: 0,
+        };
+        let rec = record(
+            &info,
+            &est,
+            w,
+            Phase::Prefill,
+            Err("CUDA_ERROR_OUT_OF_MEMORY".into()),
+            &probes,
+            est.weights_bytes,
+        );
+        assert_eq!(rec.status, "oom");
+        assert!(rec.measured.is_empty());
+        assert_eq!(
+            rec.estimated_by_source["nvml_process"],
+            est.prefill.total_bytes() + (1 << 29)
+        );
+        assert!(tolerance_violations(std::slice::from_ref(&rec), 0.01).is_empty());
+        let line = serde_json::to_string(&rec).expect("serialise");
+        let back: PointRecord = serde_json::from_str(&line).expect("read back");
+        assert_eq!(back.status, "oom");
+        assert_eq!(back.message.as_deref(), Some("CUDA_ERROR_OUT_OF_MEMORY"));
+        assert!(back.error_ratio.is_nan());
+    }
+}
