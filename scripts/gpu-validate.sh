@@ -53,14 +53,14 @@ pack
 
 # 2. Tiny model on CUDA.
 say "tiny model, bf16, CUDA"
-VRAMPROBE_LOG=info timeout 120 "$bin" bench --device cuda --dtype bf16 --out "$work/tiny" \
+VRAMPROBE_LOG=info timeout 60 "$bin" bench --device cuda --dtype bf16 --out "$work/tiny" \
   >"$work/tiny.txt" 2>>"$log"
 say "tiny: rc $?"; tail -n 5 "$work/tiny.txt" | tee -a "$log"
 pack
 
 # 3. Llama-3-8B BF16, synthetic weights.
 say "Llama-3-8B bf16 synthetic grid + boundary"
-VRAMPROBE_LOG=info timeout "${LLAMA_TIMEOUT:-240}" "$bin" bench --device cuda --dtype bf16 \
+VRAMPROBE_LOG=info timeout "${LLAMA_TIMEOUT:-270}" "$bin" bench --device cuda --dtype bf16 \
   --model models/meta-llama-3-8b-instruct --weights synthetic \
   --batch 1,2,4,8 --context 128,512,1024,2048,4096,8192 --decode-steps 8 \
   --max-position 32768 --find-boundary --boundary-step 256 \
