@@ -14,7 +14,9 @@ use crate::estimate::{self, Backend, EngineProfile, Phase, Workload};
 use crate::plan::{Grid, PlanError};
 use crate::probe::host::HostAllocProbe;
 use crate::probe::MemoryProbe;
-use crate::runner::{Accel, DeviceKind, PhaseMeasurement, RunError, Runner, WeightsSource};
+use crate::runner::{
+    Accel, DeviceKind, PhaseFailure, PhaseMeasurement, RunError, Runner, WeightsSource,
+};
 use crate::spec::{DType, ModelSpec};
 use crate::store::{self, Environment, GpuRun, PointRecord, RunDir, RunInfo, StoreError};
 use serde::{Deserialize, Serialize};
@@ -414,7 +416,10 @@ fn find_boundary(
             .filter(|p| p.batch == b && p.context == c)
             .cloned()
             .collect();
-        (!recs.is_empty()).then(|| fits(&recs))
+        if recs.is_empty() || recs.iter().any(|r| r.status == "error") {
+            return None; // not measured, or refused for another reason than memory
+        }
+        Some(fits(&recs))
     };
     let mut lo: Option<u64> = None;
     let mut hi: Option<u64> = None;
@@ -499,7 +504,7 @@ fn record(
     est: &estimate::Estimate,
     w: Workload,
     phase: Phase,
-    m: Result<PhaseMeasurement, String>,
+    m: Result<PhaseMeasurement, PhaseFailure>,
     probes: &Probes<'_>,
     measured_weights: u64,
 ) -> PointRecord {
@@ -539,9 +544,9 @@ fn record(
     };
     let m = match m {
         Ok(m) => m,
-        Err(msg) => {
-            rec.status = "oom".into();
-            rec.message = Some(msg);
+        Err(f) => {
+            rec.status = if f.oom { "oom" } else { "error" }.into();
+            rec.message = Some(f.message);
             rec.estimated_by_source
                 .insert("nvml_process".into(), estimated + probes.fixed_overhead);
             return rec;
@@ -702,7 +707,10 @@ mod tests {
             &est,
             w,
             Phase::Prefill,
-            Err("CUDA_ERROR_OUT_OF_MEMORY".into()),
+            Err(PhaseFailure {
+                oom: true,
+                message: "CUDA_ERROR_OUT_OF_MEMORY".into(),
+            }),
             &probes,
             est.weights_bytes,
         );

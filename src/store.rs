@@ -159,7 +159,8 @@ pub struct PointRecord {
     /// Wall time of one forward pass (prefill) or of one decode step (mean).
     pub secs_per_forward: f64,
     pub tokens_per_sec: f64,
-    /// `ok`, or `oom` when the device ran out of memory (then nothing is measured).
+    /// `ok`; `oom` when the device ran out of memory, `error` when it refused the work for
+    /// another reason (then nothing is measured and `message` says why).
     pub status: String,
     /// The estimate in each source's terms, by source name (see `bench`).
     #[serde(default)]

@@ -187,12 +187,22 @@ pub struct PhaseMeasurement {
     pub tokens_per_sec: f64,
 }
 
-/// Both phases of one point; a phase that ran out of memory is `Err` with the driver's
-/// message (the decode phase of a point whose prefill ran out is not attempted).
+/// Why a phase produced no measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseFailure {
+    /// The device ran out of memory (else: the device refused the work, e.g. candle 0.11's
+    /// CUDA kernels truncate element counts to u32, so a tensor of exactly 2^32 elements
+    /// launches an empty grid: CUDA_ERROR_INVALID_VALUE).
+    pub oom: bool,
+    pub message: String,
+}
+
+/// Both phases of one point; a phase that failed on the device is `Err` (the decode phase of
+/// a point whose prefill failed is not attempted).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointMeasurement {
-    pub prefill: Result<PhaseMeasurement, String>,
-    pub decode: Result<PhaseMeasurement, String>,
+    pub prefill: Result<PhaseMeasurement, PhaseFailure>,
+    pub decode: Result<PhaseMeasurement, PhaseFailure>,
 }
 
 /// A loaded model ready to be measured.
@@ -483,9 +493,19 @@ impl Runner {
                 tokens_per_sec: tokens as f64 / secs.max(1e-12),
             }
         };
-        let oom_or = |e: candle_core::Error| -> Result<String, RunError> {
-            if is_oom(&e) {
-                Ok(format!("{e}"))
+        // On a GPU every failure of a forward pass is a result (the device is still usable
+        // after an out-of-memory or a refused launch); on the CPU it is an error.
+        let on_gpu = !self.device.is_cpu();
+        let failure = |e: candle_core::Error| -> Result<PhaseFailure, RunError> {
+            if is_oom(&e) || on_gpu {
+                Ok(PhaseFailure {
+                    oom: is_oom(&e),
+                    message: format!("{e}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                })
             } else {
                 Err(RunError::Candle(e))
             }
@@ -505,15 +525,18 @@ impl Runner {
         })();
         let prefill = match prefill {
             Ok(()) => Ok(finish(t0.elapsed().as_secs_f64(), b * s)),
-            Err(RunError::Candle(e)) => Err(oom_or(e)?),
+            Err(RunError::Candle(e)) => Err(failure(e)?),
             Err(e) => return Err(e),
         };
-        if let Err(msg) = &prefill {
+        if let Err(f) = &prefill {
             drop(cache);
             self.accel.settle();
             return Ok(PointMeasurement {
                 prefill: prefill.clone(),
-                decode: Err(format!("not run: the prefill failed ({msg})")),
+                decode: Err(PhaseFailure {
+                    oom: f.oom,
+                    message: format!("not run: the prefill failed ({})", f.message),
+                }),
             });
         }
         // Between the phases: wait, hand back the prefill's reservation, restart the peaks.
@@ -521,18 +544,31 @@ impl Runner {
         for p in probes {
             p.reset_peak();
         }
-        let t1 = Instant::now();
+        // Like a generation loop, which copies each sampled token to the host: every step
+        // ends with a synchronisation, where the pool (release threshold 0 by default) hands
+        // its unused reservation back. The probes are read at each step's end, before that
+        // release, so the step's reservation is seen; the probes' time is not counted.
+        let mut decode_secs = 0.0;
         let decode = (|| {
             for i in 0..steps {
+                let t = Instant::now();
                 let next = self.tokens(b, 1, s + i)?;
-                let _logits = self.model.forward(&next, s + i, &mut cache)?;
+                let logits = self.model.forward(&next, s + i, &mut cache)?;
+                self.device.synchronize()?;
+                decode_secs += t.elapsed().as_secs_f64();
+                drop(logits);
+                if on_gpu {
+                    for p in probes {
+                        let _ = p.peak_bytes();
+                    }
+                    self.accel.settle();
+                }
             }
-            self.device.synchronize()?;
             Ok::<_, RunError>(())
         })();
         let decode = match decode {
-            Ok(()) => Ok(finish(t1.elapsed().as_secs_f64() / steps as f64, b)),
-            Err(RunError::Candle(e)) => Err(oom_or(e)?),
+            Ok(()) => Ok(finish(decode_secs / steps as f64, b)),
+            Err(RunError::Candle(e)) => Err(failure(e)?),
             Err(e) => return Err(e),
         };
         drop(cache);
