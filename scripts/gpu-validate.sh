@@ -68,7 +68,8 @@ VRAMPROBE_LOG=info timeout "${LLAMA_TIMEOUT:-270}" "$bin" bench --device cuda --
 say "llama: rc $?"; tail -n 8 "$work/llama3-8b.txt" | tee -a "$log"
 pack
 
-# 4. PyTorch reference on the same grid.
+# 4. PyTorch reference on the same grid (SKIP_TORCH=1 skips it).
+if [ -n "${SKIP_TORCH:-}" ]; then say "done (torch skipped): $out/results.tar.gz"; exit 0; fi
 say "PyTorch reference"
 PYTHONUNBUFFERED=1 timeout "${TORCH_TIMEOUT:-150}" "$py" scripts/torch_reference.py \
   --model models/meta-llama-3-8b-instruct --batch 1,2,4,8 \
