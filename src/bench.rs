@@ -54,6 +54,20 @@ pub struct BenchOptions {
     /// After the grid, bisect per batch the largest context that fits (CUDA only), to this
     /// many tokens.
     pub find_boundary: Option<u64>,
+    /// Measure as if the card had this many bytes for this process (CUDA only): the rest
+    /// of the free memory is taken by a ballast allocation outside the pool, and subtracted
+    /// from NVML's figures.
+    pub memory_limit: Option<u64>,
+}
+
+/// The largest context whose prefill candle 0.11 can run on CUDA at batch `b`: its CUDA
+/// kernels take element counts as u32 (`LaunchConfig::for_num_elems(el as u32)`), so the
+/// attention scores (`b x heads x s x s` elements) must stay below 2^32. At exactly 2^32 the
+/// launch fails (CUDA_ERROR_INVALID_VALUE); above it the count wraps and a kernel silently
+/// covers part of the tensor (seen: a prefill that never finished).
+pub fn cuda_element_limit_context(spec: &ModelSpec, batch: u64) -> u64 {
+    let per_row = batch.max(1) * spec.num_heads.max(1);
+    (u64::from(u32::MAX) / per_row).isqrt()
 }
 
 /// The engine the runner executes and the estimate models.
@@ -72,8 +86,10 @@ pub struct Boundary {
     pub predicted_max_context: Option<u64>,
     /// The bisection's resolution in tokens.
     pub step: u64,
-    /// The largest context the model's position tables allow here.
+    /// The largest context that can run here, and what sets it (`positions`: the rope
+    /// tables; `candle_u32_elements`: see [`cuda_element_limit_context`]).
     pub limit_context: u64,
+    pub limit_reason: String,
     /// The free memory the prediction used.
     pub capacity_bytes: u64,
 }
@@ -85,6 +101,8 @@ struct Probes<'a> {
     fixed_overhead: u64,
     /// Device used before our context (GPU only).
     device_before: u64,
+    /// Ballast of `--memory-limit`, subtracted from NVML's figures (GPU only).
+    ballast: u64,
 }
 
 /// Estimate, measure and store every point; `on_point` sees each record once stored.
@@ -103,6 +121,11 @@ pub fn run(
             "--find-boundary needs a GPU (--device cuda): on the CPU an allocation failure \
              aborts the process instead of failing one point"
                 .into(),
+        ));
+    }
+    if opts.memory_limit.is_some() && opts.device == DeviceKind::Cpu {
+        return Err(BenchError::Options(
+            "--memory-limit needs a GPU (--device cuda)".into(),
         ));
     }
     let mut dir = RunDir::create(&opts.out)?;
@@ -124,6 +147,7 @@ pub fn run(
                 backend: Backend::Cpu,
                 fixed_overhead: 0,
                 device_before: 0,
+                ballast: 0,
             };
             sweep(
                 opts,
@@ -181,8 +205,35 @@ fn run_cuda(
         .pool()
         .ok_or_else(|| RunError::Device("no memory pool on this device".into()))?;
     let sampler = gpu.map(|g| Sampler::start(g, opts.nvml_hz, pids_before));
-    let process_now = || sampler.as_ref().map_or(0, |s| s.sample_now().0);
-    let after_context = process_now();
+    let after_context = sampler.as_ref().map_or(0, |s| s.sample_now().0);
+    // --memory-limit: leave this process `limit` bytes in all (context included).
+    let ballast = match opts.memory_limit {
+        None => None,
+        Some(limit) => {
+            let (free, _) = pool.mem_free_total();
+            let keep = limit.checked_sub(after_context).ok_or_else(|| {
+                BenchError::Options(format!(
+                    "--memory-limit {limit}: the CUDA context alone takes {after_context} bytes"
+                ))
+            })?;
+            let take = free.checked_sub(keep).ok_or_else(|| {
+                BenchError::Options(format!(
+                    "--memory-limit {limit}: only {free} bytes are free beside the context"
+                ))
+            })?;
+            Some(pool.ballast(take).map_err(|e| {
+                BenchError::Options(format!(
+                    "--memory-limit {limit}: ballast of {take} bytes: {e}"
+                ))
+            })?)
+        }
+    };
+    let ballast_bytes = ballast.as_ref().map_or(0, |b| b.bytes());
+    let process_now = || {
+        sampler
+            .as_ref()
+            .map_or(0, |s| s.sample_now().0.saturating_sub(ballast_bytes))
+    };
 
     tracing::info!(model = %opts.spec.name(), dtype = %opts.dtype, "loading weights");
     let runner = Runner::load(&opts.spec, opts.dtype, &opts.weights, accel.clone(), pool)?;
@@ -206,6 +257,8 @@ fn run_cuda(
         pool_used_after_warmup_bytes: stats.used,
         pool_reserved_after_warmup_bytes: stats.reserved,
         fixed_overhead_bytes: fixed_overhead,
+        memory_limit_bytes: opts.memory_limit,
+        ballast_bytes,
     };
     let device_name = info_gpu
         .as_ref()
@@ -229,11 +282,14 @@ fn run_cuda(
         backend: Backend::Cuda,
         fixed_overhead,
         device_before: before_mem.map_or(0, |m| m.used),
+        ballast: ballast_bytes,
     };
     let mut points = sweep(opts, &info, &runner, &probes, workloads, dir, on_point)?;
 
     if let Some(step) = opts.find_boundary {
-        let capacity = before_mem.map_or_else(|| pool.mem_free_total().0, |m| m.free);
+        let capacity = opts
+            .memory_limit
+            .unwrap_or_else(|| before_mem.map_or_else(|| pool.mem_free_total().0, |m| m.free));
         let mut boundaries = Vec::new();
         for &b in &opts.grid.batches {
             let bd = find_boundary(
@@ -258,6 +314,7 @@ fn run_cuda(
         g.pid_match = Some(s.pid_match());
         dir.write_info(&info)?;
     }
+    drop(ballast);
     Ok(points)
 }
 
@@ -338,6 +395,31 @@ fn measure(
     stage: &str,
 ) -> Result<Vec<PointRecord>, BenchError> {
     let est = estimate::estimate(&opts.spec, opts.dtype, ENGINE, probes.backend, w);
+    if probes.backend == Backend::Cuda
+        && w.context > cuda_element_limit_context(&opts.spec, w.batch)
+    {
+        let message = format!(
+            "not run: batch {} x {} heads x context {}^2 attention scores exceed the 2^32 \
+             elements candle 0.11's CUDA kernels can address (largest context here: {})",
+            w.batch,
+            opts.spec.num_heads,
+            w.context,
+            cuda_element_limit_context(&opts.spec, w.batch)
+        );
+        tracing::warn!("{message}");
+        return Ok([Phase::Prefill, Phase::Decode]
+            .into_iter()
+            .map(|phase| {
+                let failure = PhaseFailure {
+                    oom: false,
+                    message: message.clone(),
+                };
+                let mut rec = record(info, &est, w, phase, Err(failure), probes, 0);
+                rec.stage = stage.into();
+                rec
+            })
+            .collect());
+    }
     tracing::info!(batch = w.batch, context = w.context, stage, "measuring");
     let m = runner.run_point(w, &probes.list)?;
     Ok([(Phase::Prefill, m.prefill), (Phase::Decode, m.decode)]
@@ -380,10 +462,20 @@ fn find_boundary(
     on_point: &mut impl FnMut(&PointRecord),
 ) -> Result<Boundary, BenchError> {
     let steps = opts.grid.decode_steps;
-    let limit = opts
+    let positions = opts
         .spec
         .max_position_embeddings
         .saturating_sub(steps.max(1));
+    let elements = if probes.backend == Backend::Cuda {
+        cuda_element_limit_context(&opts.spec, b)
+    } else {
+        u64::MAX
+    };
+    let (limit, limit_reason) = if elements < positions {
+        (elements, "candle_u32_elements")
+    } else {
+        (positions, "positions")
+    };
     let workload = |c: u64| Workload {
         batch: b,
         context: c,
@@ -476,6 +568,7 @@ fn find_boundary(
         predicted_max_context: predicted,
         step,
         limit_context: limit,
+        limit_reason: limit_reason.into(),
         capacity_bytes: capacity,
     })
 }
@@ -561,9 +654,12 @@ fn record(
                 estimated,
             ),
             "cuda_pool_reserved" => (peak, estimated + info.warmup_residue_bytes),
-            "nvml_process" => (peak, estimated + probes.fixed_overhead),
+            "nvml_process" => (
+                peak.saturating_sub(probes.ballast),
+                estimated + probes.fixed_overhead,
+            ),
             "nvml_device" => (
-                peak,
+                peak.saturating_sub(probes.ballast),
                 estimated + probes.fixed_overhead + probes.device_before,
             ),
             _ => (peak, estimated),
@@ -657,6 +753,7 @@ mod tests {
             backend: Backend::Cuda,
             fixed_overhead: fixed,
             device_before: 7 << 20,
+            ballast: 0,
         };
         // Pool: 3 MiB in use at the start beyond the weights (the residue), peak 1% above
         // the estimate. NVML: absolute, 2% above tensors + fixed.
@@ -701,6 +798,7 @@ mod tests {
             backend: Backend::Cuda,
             fixed_overhead: 1 << 29,
             device_before: 0,
+            ballast: 0,
         };
         let rec = record(
             &info,
@@ -726,5 +824,23 @@ mod tests {
         assert_eq!(back.status, "oom");
         assert_eq!(back.message.as_deref(), Some("CUDA_ERROR_OUT_OF_MEMORY"));
         assert!(back.error_ratio.is_nan());
+    }
+
+    /// Measured on an H100: Llama-3-8B (32 heads) at batch 2 x 8192 (exactly 2^32 score
+    /// elements) failed with CUDA_ERROR_INVALID_VALUE, and batch 1 x 14334 never finished.
+    #[test]
+    fn element_limit_keeps_scores_below_2_pow_32() {
+        let spec = ModelSpec::from_path(std::path::Path::new("models/meta-llama-3-8b-instruct"))
+            .expect("llama config");
+        for b in [1u64, 2, 4, 8, 3] {
+            let s = cuda_element_limit_context(&spec, b);
+            assert!(b * 32 * s * s <= u64::from(u32::MAX), "b {b} s {s}");
+            assert!(
+                b * 32 * (s + 1) * (s + 1) > u64::from(u32::MAX),
+                "b {b} s {s}"
+            );
+        }
+        assert_eq!(cuda_element_limit_context(&spec, 1), 11585);
+        assert!(cuda_element_limit_context(&spec, 2) < 8192);
     }
 }

@@ -107,6 +107,10 @@ pub struct BenchArgs {
     /// Resolution of --find-boundary, in tokens.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub boundary_step: u64,
+    /// Measure as if the GPU had this much memory for this process (CUDA only): e.g.
+    /// `40GiB`, `24GB`, or bytes. The rest is taken by a ballast allocation.
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
     /// Override max_position_embeddings (candle's llama builds rope tables for that many
     /// positions; contexts beyond it cannot run).
     #[arg(long)]
@@ -115,6 +119,36 @@ pub struct BenchArgs {
     /// peak or for the part above the weights.
     #[arg(long, value_parser = parse_ratio)]
     pub max_error: Option<f64>,
+}
+
+/// A size in bytes: a plain number, or with a unit `KiB|MiB|GiB|TiB` (powers of 1024) or
+/// `KB|MB|GB|TB` (powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => {
+            return Err(format!(
+                "\"{s}\": unknown unit (use GiB, GB, MiB, MB or bytes)"
+            ))
+        }
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n * mult < 1e16 => Ok((n * mult).round() as u64),
+        _ => Err(format!("\"{s}\" is not a positive size such as 40GiB")),
+    }
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -264,6 +298,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         },
         nvml_hz: a.nvml_hz,
         find_boundary: a.find_boundary.then_some(a.boundary_step),
+        memory_limit: a.memory_limit,
     };
     let points = bench::run(&opts, |p| {
         tracing::info!(batch = p.batch, context = p.context, phase = %p.phase, error = p.error_ratio, "point stored");
@@ -311,5 +346,16 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("40GiB"), Ok(40 << 30));
+        assert_eq!(parse_size("24GB"), Ok(24_000_000_000));
+        assert_eq!(parse_size("1.5 MiB"), Ok(1_572_864));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "0", "-1GB", "12 parsecs", "GB", "1e30"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

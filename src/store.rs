@@ -125,6 +125,11 @@ pub struct GpuRun {
     /// loaded kernels, library handles and workspaces, pool slack. Added to the tensor
     /// estimate to predict `nvml_process`.
     pub fixed_overhead_bytes: u64,
+    /// `--memory-limit`, and the ballast taken to enforce it (subtracted from NVML).
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(default)]
+    pub ballast_bytes: u64,
 }
 
 /// One line of `points.jsonl`.

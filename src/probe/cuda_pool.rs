@@ -166,3 +166,50 @@ impl MemoryProbe for PoolReserved<'_> {
         self.0.reset_peak();
     }
 }
+
+/// Device memory taken outside the pool (`cuMemAlloc`) so that the process can use at most
+/// a chosen amount: `bench --memory-limit` measures as if on a smaller card. NVML counts it
+/// (the bench subtracts it); the pool does not.
+pub struct Ballast {
+    ptr: sys::CUdeviceptr,
+    bytes: u64,
+    stream: Arc<CudaStream>,
+}
+
+impl Ballast {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl CudaPoolProbe {
+    /// Take `bytes` of device memory outside the pool.
+    ///
+    /// # Errors
+    /// The driver's error as text (e.g. more than is free).
+    pub fn ballast(&self, bytes: u64) -> Result<Ballast, String> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| e.to_string())?;
+        // SAFETY: the context is bound to this thread; the pointer is freed once, in Drop.
+        #[allow(unsafe_code)]
+        let ptr = unsafe { result::malloc_sync(bytes as usize).map_err(|e| e.to_string())? };
+        Ok(Ballast {
+            ptr,
+            bytes,
+            stream: self.stream.clone(),
+        })
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        let _ = self.stream.context().bind_to_thread();
+        // SAFETY: allocated by `ballast` with cuMemAlloc and not freed elsewhere.
+        #[allow(unsafe_code)]
+        unsafe {
+            let _ = result::free_sync(self.ptr);
+        }
+    }
+}
