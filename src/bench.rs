@@ -10,6 +10,7 @@
 //! - `cuda_pool_reserved` and `nvml_device`: recorded raw, compared likewise (the device's
 //!   figure includes other processes' memory before ours).
 
+use crate::estimate::cuda::{self as cuda_est, CudaOverheads};
 use crate::estimate::{self, Backend, EngineProfile, Phase, Workload};
 use crate::plan::{Grid, PlanError};
 use crate::probe::host::HostAllocProbe;
@@ -97,8 +98,11 @@ pub struct Boundary {
 struct Probes<'a> {
     list: Vec<&'a dyn MemoryProbe>,
     backend: Backend,
-    /// Fixed overhead for `nvml_process` (GPU only).
-    fixed_overhead: u64,
+    /// The process terms beyond the tensors (GPU only): the context and libraries as
+    /// measured in this run, the pool model's defaults.
+    overheads: CudaOverheads,
+    /// What the warm-up left in the pool.
+    residue: u64,
     /// Device used before our context (GPU only).
     device_before: u64,
     /// Ballast of `--memory-limit`, subtracted from NVML's figures (GPU only).
@@ -145,7 +149,8 @@ pub fn run(
             let probes = Probes {
                 list: vec![&HostAllocProbe],
                 backend: Backend::Cpu,
-                fixed_overhead: 0,
+                overheads: CudaOverheads::default(),
+                residue: 0,
                 device_before: 0,
                 ballast: 0,
             };
@@ -244,6 +249,8 @@ fn run_cuda(
     let after_warmup = process_now();
     let stats = pool.stats();
     let fixed_overhead = after_warmup.saturating_sub(runner.weights_bytes);
+    // Everything of the process outside the pool: context, kernels, library workspaces.
+    let nonpool = after_warmup.saturating_sub(stats.reserved);
     let gpu_run = GpuRun {
         info: info_gpu.clone(),
         pid_match: sampler.as_ref().map(|s| s.pid_match()),
@@ -280,7 +287,12 @@ fn run_cuda(
     let probes = Probes {
         list,
         backend: Backend::Cuda,
-        fixed_overhead,
+        overheads: CudaOverheads {
+            context_bytes: after_context,
+            libraries_bytes: nonpool.saturating_sub(after_context),
+            ..CudaOverheads::default()
+        },
+        residue: runner.warmup_residue_bytes,
         device_before: before_mem.map_or(0, |m| m.used),
         ballast: ballast_bytes,
     };
@@ -441,8 +453,12 @@ fn fits(recs: &[PointRecord]) -> bool {
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 /// The estimate of what `nvml_process` will show at the peak of a workload.
 fn estimated_process_bytes(opts: &BenchOptions, probes: &Probes<'_>, w: Workload) -> u64 {
-    estimate::estimate(&opts.spec, opts.dtype, ENGINE, probes.backend, w).total_bytes()
-        + probes.fixed_overhead
+    let e = estimate::estimate(&opts.spec, opts.dtype, ENGINE, probes.backend, w);
+    [Phase::Prefill, Phase::Decode]
+        .into_iter()
+        .map(|p| cuda_est::process(&e, p, probes.residue, &probes.overheads).total_bytes())
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -603,6 +619,7 @@ fn record(
 ) -> PointRecord {
     let pe = est.phase(phase);
     let estimated = pe.total_bytes();
+    let process = cuda_est::process(est, phase, probes.residue, &probes.overheads);
     let est_above = estimated.saturating_sub(est.weights_bytes);
     let mut rec = PointRecord {
         model: info.model.clone(),
@@ -640,8 +657,10 @@ fn record(
         Err(f) => {
             rec.status = if f.oom { "oom" } else { "error" }.into();
             rec.message = Some(f.message);
-            rec.estimated_by_source
-                .insert("nvml_process".into(), estimated + probes.fixed_overhead);
+            if probes.backend == Backend::Cuda {
+                rec.estimated_by_source
+                    .insert("nvml_process".into(), process.total_bytes());
+            }
             return rec;
         }
     };
@@ -653,14 +672,11 @@ fn record(
                 peak.saturating_sub(start.saturating_sub(measured_weights)),
                 estimated,
             ),
-            "cuda_pool_reserved" => (peak, estimated + info.warmup_residue_bytes),
-            "nvml_process" => (
-                peak.saturating_sub(probes.ballast),
-                estimated + probes.fixed_overhead,
-            ),
+            "cuda_pool_reserved" => (peak, process.pool_reserved_bytes),
+            "nvml_process" => (peak.saturating_sub(probes.ballast), process.total_bytes()),
             "nvml_device" => (
                 peak.saturating_sub(probes.ballast),
-                estimated + probes.fixed_overhead + probes.device_before,
+                process.total_bytes() + probes.device_before,
             ),
             _ => (peak, estimated),
         };
@@ -751,7 +767,13 @@ mod tests {
         let probes = Probes {
             list: vec![],
             backend: Backend::Cuda,
-            fixed_overhead: fixed,
+            overheads: CudaOverheads {
+                context_bytes: fixed,
+                libraries_bytes: 0,
+                pool_granule_bytes: 1,
+                decode_slack_permille: 0,
+            },
+            residue: 0,
             device_before: 7 << 20,
             ballast: 0,
         };
@@ -796,7 +818,13 @@ mod tests {
         let probes = Probes {
             list: vec![],
             backend: Backend::Cuda,
-            fixed_overhead: 1 << 29,
+            overheads: CudaOverheads {
+                context_bytes: 1 << 29,
+                libraries_bytes: 0,
+                pool_granule_bytes: 1,
+                decode_slack_permille: 0,
+            },
+            residue: 0,
             device_before: 0,
             ballast: 0,
         };

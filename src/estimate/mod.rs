@@ -7,6 +7,7 @@
 //! broken down into named [`Component`]s.
 
 pub mod candle_eager;
+pub mod cuda;
 
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;
@@ -191,6 +192,8 @@ pub struct Estimate {
     pub dtype: DType,
     pub workload: Workload,
     pub params: u64,
+    /// Decoder layers (the KV cache and the pool model are per layer).
+    pub layers: u64,
     pub weights_bytes: u64,
     pub kv_cache_bytes_per_token: u64,
     pub prefill: PhaseEstimate,
@@ -250,6 +253,7 @@ pub fn estimate(
         dtype,
         workload,
         params: spec.param_count(),
+        layers: spec.num_layers,
         weights_bytes: weights_bytes(spec, dtype),
         kv_cache_bytes_per_token: kv_cache_bytes_per_token(spec, dtype),
         prefill: PhaseEstimate {

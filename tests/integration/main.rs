@@ -3,6 +3,7 @@
 
 mod bench;
 mod estimate;
+mod gpu_reports;
 mod layering;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Markdown tables comparing, per (batch, context, phase), vramprobe's estimate, candle as
+measured (memory pool and NVML) and PyTorch transformers (eager and sdpa), from the files of
+scripts/gpu-validate.sh.
+
+  python3 scripts/gpu-compare.py RUN_DIR [TORCH_JSONL] [BOUNDARY_RUN_DIR]
+"""
+import json
+import sys
+
+GIB = 1 << 30
+
+
+def points(run):
+    out = []
+    with open(f"{run}/points.jsonl") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+def g(x):
+    return "" if x is None else f"{x / GIB:.2f}"
+
+
+def pct(x):
+    return "" if x is None else f"{x * 100:+.2f}%"
+
+
+def main():
+    run = sys.argv[1]
+    torch = {}
+    if len(sys.argv) > 2:
+        with open(sys.argv[2]) as f:
+            for line in f:
+                r = json.loads(line)
+                if r.get("kind") == "point":
+                    torch[(r["attn"], r["batch"], r["context"])] = r
+    pts = [p for p in points(run) if p.get("stage", "grid") == "grid"]
+    print("| batch | context | phase | estimate (GiB) | candle pool (GiB) | error | candle NVML (GiB) "
+          "| estimate + fixed (GiB) | error | torch eager NVML | torch sdpa NVML | torch sdpa allocated |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    worst = {"cuda_pool": 0.0, "nvml_process": 0.0}
+    for p in pts:
+        b, c, ph = p["batch"], p["context"], p["phase"]
+        m, e, err = p["measured"], p["estimated_by_source"], p["error_by_source"]
+
+        def t(attn, key):
+            r = torch.get((attn, b, c))
+            if not r:
+                return ""
+            if r.get("status") != "ok":
+                return r.get("status", "")
+            return g(r[ph][key])
+
+        if p["status"] != "ok":
+            why = "OOM" if p["status"] == "oom" else "not run (u32 elements)"
+            print(f"| {b} | {c} | {ph} | {g(p['estimated_bytes'])} | {why} | | | "
+                  f"{g(e.get('nvml_process'))} | | {t('eager', 'nvml_process')} | "
+                  f"{t('sdpa', 'nvml_process')} | {t('sdpa', 'torch_allocated')} |")
+            continue
+        for k in worst:
+            if k in err:
+                worst[k] = max(worst[k], abs(err[k]))
+        print(f"| {b} | {c} | {ph} | {g(e.get('cuda_pool'))} | {g(m.get('cuda_pool'))} | "
+              f"{pct(err.get('cuda_pool'))} | {g(m.get('nvml_process'))} | "
+              f"{g(e.get('nvml_process'))} | {pct(err.get('nvml_process'))} | "
+              f"{t('eager', 'nvml_process')} | {t('sdpa', 'nvml_process')} | "
+              f"{t('sdpa', 'torch_allocated')} |")
+    print()
+    print(f"largest |error|: cuda_pool {worst['cuda_pool'] * 100:.2f}%, "
+          f"nvml_process {worst['nvml_process'] * 100:.2f}%")
+    if len(sys.argv) > 3:
+        with open(f"{sys.argv[3]}/boundary.json") as f:
+            bd = json.load(f)
+        print()
+        print("| batch | measured: fits | measured: first OOM | predicted max context | within one step |")
+        print("|---:|---:|---:|---:|---|")
+        for x in bd:
+            lo, hi, pr = x["measured_max_context"], x["measured_first_oom_context"], x["predicted_max_context"]
+            ok = pr is not None and lo is not None and hi is not None and lo - x["step"] <= pr <= hi + x["step"]
+            print(f"| {x['batch']} | {lo} | {hi} | {pr} | {'yes' if ok else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+//! What a CUDA process holds beyond its tensors, as NVML (and nvidia-smi) report it:
+//!
+//! ```text
+//! process = context + libraries + pool reservation
+//! pool reservation = round_up(tensors + residue + slack, granule)
+//! ```
+//!
+//! - `context`: the CUDA primary context with candle's cuBLAS and cuRAND handles, measured
+//!   by NVML right after `Device::new_cuda`.
+//! - `libraries`: kernel modules loaded at first use and cuBLAS's workspace, measured after
+//!   a warm-up forward pass (process minus the pool's reservation minus the context).
+//! - `granule`: cudarc allocates from the device's default pool (`cuMemAllocAsync`), which
+//!   takes memory from the driver in fixed granules: every reservation read on the H100
+//!   was a multiple of 32 MiB.
+//! - `slack` (decode only): each decode step allocates every layer's K and V cache one
+//!   token larger (`Tensor::cat`) before freeing the old ones, between the large transient
+//!   `repeat_kv` and f32 copies; the pool cannot reuse most freed blocks within the step, so
+//!   its reservation runs ahead of the bytes in use. Modelled as `ratio x 2 x layers x
+//!   round_up(one layer's K, 2 MiB)`; the ratio (0.65) was fitted on the H100 grid run and
+//!   holds on the separate boundary run (reports/gpu/2026-11-26-h100-80gb).
+//!
+//! Defaults are the H100 80GB HBM3 / driver 580.159.04 / CUDA 13.0 figures measured on
+//! 2026-11-26; a calibration file written by `bench --device cuda` replaces them.
+
+use super::{Estimate, Phase};
+use serde::{Deserialize, Serialize};
+
+/// The terms beyond the tensors, in bytes (ratios in thousandths, to stay exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaOverheads {
+    pub context_bytes: u64,
+    pub libraries_bytes: u64,
+    pub pool_granule_bytes: u64,
+    pub decode_slack_permille: u64,
+}
+
+/// Measured on an NVIDIA H100 80GB HBM3, driver 580.159.04, CUDA 13.0, candle 0.11.1,
+/// 2026-11-26 (reports/gpu/2026-11-26-h100-80gb: `process_after_context_bytes` and
+/// `process_after_warmup_bytes - pool_reserved_after_warmup_bytes - context` in run.json).
+pub const H100_DRIVER_580: CudaOverheads = CudaOverheads {
+    context_bytes: 614_465_536,
+    libraries_bytes: 98_566_144,
+    pool_granule_bytes: 32 << 20,
+    decode_slack_permille: 650,
+};
+
+impl Default for CudaOverheads {
+    fn default() -> Self {
+        H100_DRIVER_580
+    }
+}
+
+/// The process-level estimate of one phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProcessEstimate {
+    /// The tensor peak (the estimate's components).
+    pub tensors_bytes: u64,
+    /// What the pool is expected to hold from the driver at that peak.
+    pub pool_reserved_bytes: u64,
+    pub context_bytes: u64,
+    pub libraries_bytes: u64,
+}
+
+impl ProcessEstimate {
+    /// What NVML should report for the process.
+    pub fn total_bytes(&self) -> u64 {
+        self.pool_reserved_bytes + self.context_bytes + self.libraries_bytes
+    }
+
+    /// The pool's share beyond the tensors (rounding and slack).
+    pub fn pool_overhead_bytes(&self) -> u64 {
+        self.pool_reserved_bytes.saturating_sub(self.tensors_bytes)
+    }
+}
+
+fn round_up(x: u64, granule: u64) -> u64 {
+    if granule == 0 {
+        x
+    } else {
+        x.div_ceil(granule) * granule
+    }
+}
+
+/// The pool's expected slack in `phase` beyond the tensors in use (before rounding).
+pub fn pool_slack_bytes(e: &Estimate, phase: Phase, o: &CudaOverheads) -> u64 {
+    match phase {
+        Phase::Prefill => 0,
+        Phase::Decode => {
+            let w = e.workload;
+            // One layer's K (or V) cache after the last step.
+            let per_layer_per_token = e.kv_cache_bytes_per_token / (2 * e.layers.max(1));
+            let one = round_up(
+                w.batch * (w.context + w.decode_steps) * per_layer_per_token,
+                2 << 20,
+            );
+            2 * e.layers * one * o.decode_slack_permille / 1000
+        }
+    }
+}
+
+/// The process-level estimate of `phase`; `residue_bytes` is what the warm-up left in the
+/// pool (0 for candle on CUDA as measured).
+pub fn process(
+    e: &Estimate,
+    phase: Phase,
+    residue_bytes: u64,
+    o: &CudaOverheads,
+) -> ProcessEstimate {
+    let tensors = e.phase(phase).total_bytes();
+    let reserved = round_up(
+        tensors + residue_bytes + pool_slack_bytes(e, phase, o),
+        o.pool_granule_bytes,
+    );
+    ProcessEstimate {
+        tensors_bytes: tensors,
+        pool_reserved_bytes: reserved,
+        context_bytes: o.context_bytes,
+        libraries_bytes: o.libraries_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimate::{estimate, Backend, EngineProfile, Workload};
+    use crate::spec::{DType, ModelSpec};
+
+    fn llama() -> ModelSpec {
+        ModelSpec::from_path(std::path::Path::new("models/meta-llama-3-8b-instruct"))
+            .expect("llama config")
+    }
+
+    #[test]
+    fn prefill_rounds_to_the_granule_and_adds_the_fixed_terms() {
+        let w = Workload {
+            batch: 1,
+            context: 2048,
+            decode_steps: 8,
+        };
+        let e = estimate(
+            &llama(),
+            DType::BF16,
+            EngineProfile::CandleEager,
+            Backend::Cuda,
+            w,
+        );
+        let p = process(&e, Phase::Prefill, 0, &H100_DRIVER_580);
+        assert_eq!(p.tensors_bytes, e.prefill.total_bytes());
+        assert_eq!(p.pool_reserved_bytes % (32 << 20), 0);
+        assert!(p.pool_overhead_bytes() < 32 << 20);
+        assert_eq!(
+            p.total_bytes(),
+            p.pool_reserved_bytes + 614_465_536 + 98_566_144
+        );
+    }
+
+    #[test]
+    fn decode_slack_follows_the_kv_cache_allocations() {
+        let spec = llama();
+        let w = |b, s| Workload {
+            batch: b,
+            context: s,
+            decode_steps: 8,
+        };
+        let slack = |b, s| {
+            let e = estimate(
+                &spec,
+                DType::BF16,
+                EngineProfile::CandleEager,
+                Backend::Cuda,
+                w(b, s),
+            );
+            pool_slack_bytes(&e, Phase::Decode, &H100_DRIVER_580)
+        };
+        // b=1, 8192+8 tokens: one layer's K is 8200 x 8 heads x 128 x 2 B = 16.02 MiB,
+        // rounded to 18 MiB; 64 of them x 0.65.
+        assert_eq!(slack(1, 8192), 64 * (18 << 20) * 650 / 1000);
+        assert!(slack(2, 4096) > slack(1, 4096));
+        let e = estimate(
+            &spec,
+            DType::BF16,
+            EngineProfile::CandleEager,
+            Backend::Cuda,
+            w(1, 512),
+        );
+        assert_eq!(pool_slack_bytes(&e, Phase::Prefill, &H100_DRIVER_580), 0);
+    }
+}
