@@ -272,7 +272,12 @@ fn run_cuda(
         .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone());
     let mut info = run_info(opts, &runner, device_name, Some(gpu_run));
     dir.write_info(&info)?;
-    write_calibration(dir, &info)?;
+    let overheads = CudaOverheads {
+        context_bytes: after_context,
+        libraries_bytes: nonpool.saturating_sub(after_context),
+        ..CudaOverheads::default()
+    };
+    write_calibration(dir, &info, &overheads)?;
 
     let reserved = PoolReserved(pool);
     let mut list: Vec<&dyn MemoryProbe> = vec![pool, &reserved];
@@ -287,11 +292,7 @@ fn run_cuda(
     let probes = Probes {
         list,
         backend: Backend::Cuda,
-        overheads: CudaOverheads {
-            context_bytes: after_context,
-            libraries_bytes: nonpool.saturating_sub(after_context),
-            ..CudaOverheads::default()
-        },
+        overheads,
         residue: runner.warmup_residue_bytes,
         device_before: before_mem.map_or(0, |m| m.used),
         ballast: ballast_bytes,
@@ -341,15 +342,14 @@ fn write_json<T: Serialize>(dir: &RunDir, name: &str, v: &T) -> Result<(), Store
 /// `calibration.json`: the measured fixed terms of this GPU, driver and build, for
 /// `estimate --calibration`.
 #[cfg(feature = "cuda")]
-fn write_calibration(dir: &RunDir, info: &RunInfo) -> Result<(), StoreError> {
+fn write_calibration(dir: &RunDir, info: &RunInfo, o: &CudaOverheads) -> Result<(), StoreError> {
     let Some(g) = &info.gpu else { return Ok(()) };
     let v = serde_json::json!({
         "schema_version": 1,
         "gpu": g.info,
         "candle_version": info.environment.candle_version,
         "vramprobe_version": info.environment.vramprobe_version,
-        "cuda_context_bytes": g.process_after_context_bytes,
-        "fixed_overhead_bytes": g.fixed_overhead_bytes,
+        "overheads": o,
         "pool_residue_bytes": info.warmup_residue_bytes,
         "device_used_before_context_bytes": g.device_used_before_context_bytes,
     });

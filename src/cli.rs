@@ -1,7 +1,8 @@
 //! The command line: parse, run, print the error once, choose the exit code.
 
 use crate::bench::{self, BenchError, BenchOptions};
-use crate::estimate::{self, Backend, EngineProfile, Workload};
+use crate::estimate::cuda::{self as cuda_est, CudaOverheads};
+use crate::estimate::{self, Backend, EngineProfile, Phase, Workload};
 use crate::plan::Grid;
 use crate::report;
 use crate::runner::{DeviceKind, WeightsSource};
@@ -58,6 +59,10 @@ pub struct EstimateArgs {
     /// Where the engine runs: candle's CPU matmul widens bf16 to f32, CUDA does not.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cuda)]
     pub device: DeviceArg,
+    /// A calibration.json written by `bench --device cuda`: its measured CUDA context and
+    /// library sizes replace the defaults (an H100 with driver 580).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -187,6 +192,7 @@ pub fn main() -> ExitCode {
 fn is_bad_input(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<SpecError>()
+            || c.is::<cuda_est::CalibrationError>()
             || c.is::<crate::plan::PlanError>()
             || matches!(
                 c.downcast_ref::<BenchError>(),
@@ -238,6 +244,24 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
         DeviceArg::Cuda => Backend::Cuda,
     };
     let e = estimate::estimate(&spec, dtype, EngineProfile::CandleEager, backend, w);
+    let (overheads, overheads_source) = match &a.calibration {
+        None => (
+            CudaOverheads::default(),
+            "default: NVIDIA H100 80GB HBM3, driver 580.159.04, measured 2026-11-26".to_string(),
+        ),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading calibration {}", p.display()))?;
+            let shown = p.display().to_string();
+            (CudaOverheads::from_calibration_json(&text, &shown)?, shown)
+        }
+    };
+    let process = (backend == Backend::Cuda).then(|| {
+        (
+            cuda_est::process(&e, Phase::Prefill, 0, &overheads),
+            cuda_est::process(&e, Phase::Decode, 0, &overheads),
+        )
+    });
     if a.json {
         let phase = |p: &estimate::PhaseEstimate| json!({"total_bytes": p.total_bytes(), "components": p.peak.to_map()});
         let v = json!({
@@ -257,9 +281,22 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
             "components": e.peak_phase().peak.to_map(),
             "phases": {"prefill": phase(&e.prefill), "decode": phase(&e.decode)},
         });
+        let mut v = v;
+        if let Some((p, d)) = &process {
+            v["process_total_bytes"] = json!(p.total_bytes().max(d.total_bytes()));
+            v["process"] = json!({
+                "prefill": {"total_bytes": p.total_bytes(), "terms": p},
+                "decode": {"total_bytes": d.total_bytes(), "terms": d},
+                "overheads": overheads,
+                "overheads_source": overheads_source,
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report::estimate_table(&spec.name(), &e));
+        if let Some((p, d)) = &process {
+            print!("{}", report::process_table(p, d, &overheads_source));
+        }
     }
     Ok(())
 }

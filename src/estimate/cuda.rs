@@ -44,6 +44,50 @@ pub const H100_DRIVER_580: CudaOverheads = CudaOverheads {
     decode_slack_permille: 650,
 };
 
+/// Why a calibration file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct CalibrationError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl CudaOverheads {
+    /// Read the `overheads` object of a `calibration.json` written by `bench --device cuda`
+    /// (the text is passed in: this module does no I/O).
+    ///
+    /// # Errors
+    /// [`CalibrationError`] naming the file and what is wrong with it.
+    pub fn from_calibration_json(text: &str, path: &str) -> Result<Self, CalibrationError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Partial {
+            context_bytes: u64,
+            libraries_bytes: u64,
+            pool_granule_bytes: Option<u64>,
+            decode_slack_permille: Option<u64>,
+        }
+        let err = |reason: String| CalibrationError {
+            path: path.to_string(),
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?;
+        let o = v
+            .get("overheads")
+            .ok_or_else(|| err("missing field `overheads`".into()))?;
+        let p: Partial = serde_json::from_value(o.clone())
+            .map_err(|e| err(format!("field `overheads`: {e}")))?;
+        let d = H100_DRIVER_580;
+        Ok(Self {
+            context_bytes: p.context_bytes,
+            libraries_bytes: p.libraries_bytes,
+            pool_granule_bytes: p.pool_granule_bytes.unwrap_or(d.pool_granule_bytes),
+            decode_slack_permille: p.decode_slack_permille.unwrap_or(d.decode_slack_permille),
+        })
+    }
+}
+
 impl Default for CudaOverheads {
     fn default() -> Self {
         H100_DRIVER_580
@@ -128,6 +172,34 @@ mod tests {
     fn llama() -> ModelSpec {
         ModelSpec::from_path(std::path::Path::new("models/meta-llama-3-8b-instruct"))
             .expect("llama config")
+    }
+
+    #[test]
+    fn calibration_files_are_read_and_bad_ones_named() {
+        let ok = r#"{"schema_version":1,"overheads":{"context_bytes":5,"libraries_bytes":7}}"#;
+        let o = CudaOverheads::from_calibration_json(ok, "cal.json").expect("valid");
+        assert_eq!((o.context_bytes, o.libraries_bytes), (5, 7));
+        assert_eq!(o.pool_granule_bytes, H100_DRIVER_580.pool_granule_bytes);
+        for (bad, says) in [
+            ("{", "not JSON"),
+            ("{}", "missing field `overheads`"),
+            (r#"{"overheads":{"context_bytes":5}}"#, "libraries_bytes"),
+            (
+                r#"{"overheads":{"context_bytes":-5,"libraries_bytes":1}}"#,
+                "context",
+            ),
+            (
+                r#"{"overheads":{"context_bytes":5,"libraries_bytes":1,"typo":1}}"#,
+                "typo",
+            ),
+        ] {
+            let e = CudaOverheads::from_calibration_json(bad, "cal.json").expect_err(bad);
+            let text = e.to_string();
+            assert!(
+                text.starts_with("cal.json: ") && text.contains(says),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -154,6 +154,49 @@ pub fn estimate_table(model: &str, e: &Estimate) -> String {
     out
 }
 
+/// The CUDA process lines under an estimate table: what nvidia-smi will show.
+pub fn process_table(
+    p: &crate::estimate::cuda::ProcessEstimate,
+    d: &crate::estimate::cuda::ProcessEstimate,
+    source: &str,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nCUDA process (what nvidia-smi shows), overheads: {source}"
+    );
+    let _ = writeln!(out, "{:<18} {:>14} {:>14}", "", "prefill", "decode");
+    let rows: [(&str, u64, u64); 4] = [
+        ("tensors (peak)", p.tensors_bytes, d.tensors_bytes),
+        (
+            "pool rounding",
+            p.pool_overhead_bytes(),
+            d.pool_overhead_bytes(),
+        ),
+        ("CUDA context", p.context_bytes, d.context_bytes),
+        ("kernels, cuBLAS", p.libraries_bytes, d.libraries_bytes),
+    ];
+    for (name, a, b) in rows {
+        let _ = writeln!(out, "{name:<18} {:>14} {:>14}", bytes(a), bytes(b));
+    }
+    let _ = writeln!(
+        out,
+        "{:<18} {:>14} {:>14}",
+        "process",
+        bytes(p.total_bytes()),
+        bytes(d.total_bytes())
+    );
+    let t = p.total_bytes().max(d.total_bytes());
+    let _ = writeln!(
+        out,
+        "\nprocess peak: {} bytes = {} ({:.2} GB)",
+        grouped(t),
+        bytes(t),
+        t as f64 / 1e9
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

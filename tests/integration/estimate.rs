@@ -108,3 +108,53 @@ fn missing_model_is_a_clear_error() {
     let err = stderr(&o);
     assert!(err.contains("models/no-such-model/config.json"), "{err}");
 }
+
+/// `estimate --calibration` with the calibration an H100 bench wrote predicts what NVML
+/// measured in that bench (batch 2 x 4096, prefill); a broken calibration is bad input.
+#[test]
+fn calibration_from_a_gpu_run_predicts_its_nvml_figure() {
+    let run = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-grid";
+    let o = vramprobe(&[
+        "estimate",
+        "--model",
+        "models/meta-llama-3-8b-instruct",
+        "--batch",
+        "2",
+        "--context",
+        "4096",
+        "--calibration",
+        &format!("{run}/calibration.json"),
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let predicted = v["process"]["prefill"]["total_bytes"].as_u64().unwrap() as f64;
+    let measured = std::fs::read_to_string(root().join(run).join("points.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|p| p["batch"] == 2 && p["context"] == 4096 && p["phase"] == "prefill")
+        .unwrap()["measured"]["nvml_process"]
+        .as_u64()
+        .unwrap() as f64;
+    let err = (predicted - measured) / measured;
+    assert!(err.abs() < 0.03, "{predicted} vs {measured}: {err}");
+    assert!(v["process_total_bytes"].as_u64().unwrap() >= predicted as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("calibration.json");
+    std::fs::write(&bad, r#"{"overheads": {"context_bytes": "lots"}}"#).unwrap();
+    let o = vramprobe(&[
+        "estimate",
+        "--model",
+        "models/meta-llama-3-8b-instruct",
+        "--calibration",
+        path_str(&bad),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("calibration.json") && e.contains("overheads"),
+        "{e}"
+    );
+}
