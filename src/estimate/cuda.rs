@@ -59,14 +59,6 @@ impl CudaOverheads {
     /// # Errors
     /// [`CalibrationError`] naming the file and what is wrong with it.
     pub fn from_calibration_json(text: &str, path: &str) -> Result<Self, CalibrationError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Partial {
-            context_bytes: u64,
-            libraries_bytes: u64,
-            pool_granule_bytes: Option<u64>,
-            decode_slack_permille: Option<u64>,
-        }
         let err = |reason: String| CalibrationError {
             path: path.to_string(),
             reason,
@@ -75,15 +67,36 @@ impl CudaOverheads {
             serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?;
         let o = v
             .get("overheads")
-            .ok_or_else(|| err("missing field `overheads`".into()))?;
-        let p: Partial = serde_json::from_value(o.clone())
-            .map_err(|e| err(format!("field `overheads`: {e}")))?;
+            .and_then(|o| o.as_object())
+            .ok_or_else(|| err("missing object `overheads`".into()))?;
+        const FIELDS: [&str; 4] = [
+            "context_bytes",
+            "libraries_bytes",
+            "pool_granule_bytes",
+            "decode_slack_permille",
+        ];
+        if let Some(k) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(err(format!(
+                "unknown field `overheads.{k}` (expected one of {})",
+                FIELDS.join(", ")
+            )));
+        }
+        let field = |name: &str, default: Option<u64>| -> Result<u64, CalibrationError> {
+            match o.get(name) {
+                None => default.ok_or_else(|| err(format!("missing field `overheads.{name}`"))),
+                Some(x) => x.as_u64().ok_or_else(|| {
+                    err(format!(
+                        "field `overheads.{name}`: {x} is not a whole number of bytes >= 0"
+                    ))
+                }),
+            }
+        };
         let d = H100_DRIVER_580;
         Ok(Self {
-            context_bytes: p.context_bytes,
-            libraries_bytes: p.libraries_bytes,
-            pool_granule_bytes: p.pool_granule_bytes.unwrap_or(d.pool_granule_bytes),
-            decode_slack_permille: p.decode_slack_permille.unwrap_or(d.decode_slack_permille),
+            context_bytes: field("context_bytes", None)?,
+            libraries_bytes: field("libraries_bytes", None)?,
+            pool_granule_bytes: field("pool_granule_bytes", Some(d.pool_granule_bytes))?,
+            decode_slack_permille: field("decode_slack_permille", Some(d.decode_slack_permille))?,
         })
     }
 }
@@ -182,7 +195,7 @@ mod tests {
         assert_eq!(o.pool_granule_bytes, H100_DRIVER_580.pool_granule_bytes);
         for (bad, says) in [
             ("{", "not JSON"),
-            ("{}", "missing field `overheads`"),
+            ("{}", "missing object `overheads`"),
             (r#"{"overheads":{"context_bytes":5}}"#, "libraries_bytes"),
             (
                 r#"{"overheads":{"context_bytes":-5,"libraries_bytes":1}}"#,
