@@ -41,9 +41,13 @@ pub enum DeviceArg {
 
 #[derive(Debug, clap::Args)]
 pub struct EstimateArgs {
-    /// A model directory holding config.json, or the config.json itself.
+    /// A model directory holding config.json, the config.json itself, or a Hugging Face
+    /// model id (`owner/name`: its config.json is fetched; HF_TOKEN for gated models).
     #[arg(long)]
     pub model: PathBuf,
+    /// Hub revision (branch, tag or commit) when --model is a model id.
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Element type of weights and activations [default: the config's torch_dtype, else bf16].
     #[arg(long)]
     pub dtype: Option<DType>,
@@ -59,6 +63,9 @@ pub struct EstimateArgs {
     /// Where the engine runs: candle's CPU matmul widens bf16 to f32, CUDA does not.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cuda)]
     pub device: DeviceArg,
+    /// Override max_position_embeddings (as `bench --max-position`; the rope tables grow).
+    #[arg(long)]
+    pub max_position: Option<u64>,
     /// A calibration.json written by `bench --device cuda`: its measured CUDA context and
     /// library sizes replace the defaults (an H100 with driver 580).
     #[arg(long)]
@@ -70,10 +77,16 @@ pub struct EstimateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// A model directory holding config.json, or the config.json itself
-    /// [default: the built-in tiny Llama, models/vramprobe-tiny-llama].
+    /// A model directory holding config.json, the config.json itself, or a Hugging Face
+    /// model id (`owner/name`) [default: the built-in tiny Llama, models/vramprobe-tiny-llama].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Hub revision (branch, tag or commit) when --model is a model id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// No download progress bar.
+    #[arg(long)]
+    pub quiet: bool,
     /// Element type to load and run the model in.
     #[arg(long, default_value = "f32")]
     pub dtype: DType,
@@ -86,10 +99,11 @@ pub struct BenchArgs {
     /// Decode steps measured after each prefill.
     #[arg(long, default_value_t = 8)]
     pub decode_steps: u64,
-    /// `synthetic` (seeded random values of the right shapes) or a directory of
-    /// *.safetensors files.
-    #[arg(long, default_value = "synthetic")]
-    pub weights: String,
+    /// `synthetic` (seeded random values of the right shapes), `download` (the model id's
+    /// safetensors from the Hub, cached under HF_HOME), or a directory of *.safetensors
+    /// files [default: `download` for a model id, else `synthetic`].
+    #[arg(long)]
+    pub weights: Option<String>,
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -166,6 +180,11 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 /// Exit code for bad input (a config, a flag, an existing run directory).
 pub const EXIT_BAD_INPUT: u8 = 2;
 
+/// A combination of flags that cannot work, found before anything runs.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
 /// Parse the command line, run it, report the error once.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -173,7 +192,8 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VRAMPROBE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // hf-hub logs its retries at ERROR; the one error that matters is ours.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off")),
         )
         .init();
     match run(cli) {
@@ -192,7 +212,14 @@ pub fn main() -> ExitCode {
 fn is_bad_input(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<SpecError>()
+            || c.is::<BadInput>()
             || c.is::<cuda_est::CalibrationError>()
+            || matches!(
+                c.downcast_ref::<crate::hub::HubError>(),
+                Some(crate::hub::HubError::Gated { .. })
+                    | Some(crate::hub::HubError::NotFound { .. })
+                    | Some(crate::hub::HubError::Offline { .. })
+            )
             || c.is::<crate::plan::PlanError>()
             || matches!(
                 c.downcast_ref::<BenchError>(),
@@ -218,15 +245,59 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load_spec(model: Option<&Path>) -> Result<ModelSpec, SpecError> {
+/// Where a `--model` points.
+enum ModelRef {
+    Builtin,
+    Local(PathBuf),
+    Hub(String),
+}
+
+/// A path that exists, or whose first component is a local directory (`models/x`), is
+/// local; otherwise an `owner/name` is a Hub model id.
+fn model_ref(model: Option<&Path>) -> ModelRef {
     match model {
-        Some(p) => ModelSpec::from_path(p),
-        None => ModelSpec::from_json_str(crate::TINY_CONFIG, Path::new(crate::TINY_CONFIG_PATH)),
+        None => ModelRef::Builtin,
+        Some(p) if p.exists() => ModelRef::Local(p.to_path_buf()),
+        Some(p) => match p.to_str() {
+            Some(s)
+                if crate::hub::is_repo_id(s)
+                    && !s.split('/').next().is_some_and(|d| Path::new(d).is_dir()) =>
+            {
+                ModelRef::Hub(s.to_string())
+            }
+            _ => ModelRef::Local(p.to_path_buf()),
+        },
+    }
+}
+
+/// The spec of `--model`, and for a Hub model the snapshot directory it was fetched into
+/// (with the weights when `weights` is set).
+fn load_model(
+    model: Option<&Path>,
+    revision: Option<&str>,
+    weights: bool,
+    quiet: bool,
+) -> anyhow::Result<(ModelSpec, Option<PathBuf>)> {
+    match model_ref(model) {
+        ModelRef::Builtin => Ok((
+            ModelSpec::from_json_str(crate::TINY_CONFIG, Path::new(crate::TINY_CONFIG_PATH))?,
+            None,
+        )),
+        ModelRef::Local(p) => Ok((ModelSpec::from_path(&p)?, None)),
+        ModelRef::Hub(repo) => {
+            let dir = crate::hub::fetch(&repo, revision, weights, quiet)?;
+            let mut spec = ModelSpec::from_path(&dir)?;
+            spec.hub_repo = Some(repo);
+            Ok((spec, Some(dir)))
+        }
     }
 }
 
 fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
-    let spec = load_spec(Some(&a.model))?;
+    let (mut spec, _) = load_model(Some(&a.model), a.revision.as_deref(), false, true)?;
+    if let Some(m) = a.max_position {
+        spec = spec.with_max_position(m)?;
+    }
     let dtype = a.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
     let context = a.context.unwrap_or_else(|| {
         spec.max_position_embeddings
@@ -302,14 +373,30 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
-    let mut spec = load_spec(a.model.as_deref())?;
+    let is_hub = matches!(model_ref(a.model.as_deref()), ModelRef::Hub(_));
+    let weights_arg = a
+        .weights
+        .clone()
+        .unwrap_or_else(|| if is_hub { "download" } else { "synthetic" }.into());
+    if weights_arg == "download" && !is_hub {
+        return Err(BadInput(
+            "--weights download needs --model to be a Hugging Face model id (owner/name)".into(),
+        )
+        .into());
+    }
+    let (mut spec, snapshot) = load_model(
+        a.model.as_deref(),
+        a.revision.as_deref(),
+        weights_arg == "download",
+        a.quiet,
+    )?;
     if let Some(m) = a.max_position {
         spec = spec.with_max_position(m)?;
     }
-    let weights = if a.weights == "synthetic" {
-        WeightsSource::Synthetic { seed: a.seed }
-    } else {
-        WeightsSource::Local(PathBuf::from(&a.weights))
+    let weights = match (weights_arg.as_str(), snapshot) {
+        ("synthetic", _) => WeightsSource::Synthetic { seed: a.seed },
+        ("download", Some(dir)) => WeightsSource::Local(dir),
+        (other, _) => WeightsSource::Local(PathBuf::from(other)),
     };
     let out = a.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(

@@ -32,6 +32,7 @@
 pub mod bench;
 pub mod cli;
 pub mod estimate;
+pub mod hub;
 pub mod plan;
 pub mod probe;
 pub mod report;

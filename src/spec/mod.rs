@@ -92,6 +92,8 @@ pub struct RawConfig {
 pub struct ModelSpec {
     /// Where the spec came from (the config.json path, or a built-in name).
     pub source: String,
+    /// The Hub model id (`owner/name`) when the config was fetched from the Hub.
+    pub hub_repo: Option<String>,
     pub model_type: String,
     pub hidden_size: u64,
     pub intermediate_size: u64,
@@ -292,6 +294,7 @@ impl ModelSpec {
             }
         };
         Ok(ModelSpec {
+            hub_repo: None,
             source: path.display().to_string(),
             model_type,
             hidden_size,
@@ -402,6 +405,9 @@ impl ModelSpec {
 
     /// A short display name: the folder the config came from, or the source itself.
     pub fn name(&self) -> String {
+        if let Some((_, name)) = self.hub_repo.as_deref().and_then(|r| r.split_once('/')) {
+            return name.to_string();
+        }
         let p = Path::new(&self.source);
         let base = if p.file_name().is_some_and(|f| f == "config.json") {
             p.parent().and_then(|d| d.file_name())

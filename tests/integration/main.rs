@@ -4,6 +4,7 @@
 mod bench;
 mod estimate;
 mod gpu_reports;
+mod hub;
 mod layering;
 
 use std::path::{Path, PathBuf};
