@@ -31,16 +31,18 @@ fn flag(command: &[Value], name: &str) -> Option<String> {
     command.get(i + 1)?.as_str().map(str::to_string)
 }
 
-struct Worst {
-    pool: f64,
-    nvml: f64,
-    points: usize,
+/// A stored GPU run as the estimator needs it: its spec (with --max-position applied), dtype,
+/// and the CUDA overheads it measured.
+struct StoredRun {
+    info: Value,
+    spec: ModelSpec,
+    dtype: DType,
+    overheads: CudaOverheads,
 }
 
-fn check_run(dir: &Path) -> Worst {
+fn load_run(dir: &Path) -> StoredRun {
     let info: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
-    let gpu = &info["gpu"];
     let command = info["command"].as_array().unwrap();
     let mut spec = ModelSpec::from_path(&root().join(info["model_config"].as_str().unwrap()))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -48,6 +50,7 @@ fn check_run(dir: &Path) -> Worst {
         spec = spec.with_max_position(m.parse().unwrap()).unwrap();
     }
     let dtype: DType = info["dtype"].as_str().unwrap().parse().unwrap();
+    let gpu = &info["gpu"];
     let context = gpu["process_after_context_bytes"].as_u64().unwrap();
     let nonpool = gpu["process_after_warmup_bytes"].as_u64().unwrap()
         - gpu["pool_reserved_after_warmup_bytes"].as_u64().unwrap();
@@ -56,6 +59,27 @@ fn check_run(dir: &Path) -> Worst {
         libraries_bytes: nonpool - context,
         ..CudaOverheads::default()
     };
+    StoredRun {
+        info,
+        spec,
+        dtype,
+        overheads,
+    }
+}
+
+struct Worst {
+    pool: f64,
+    nvml: f64,
+    points: usize,
+}
+
+fn check_run(dir: &Path) -> Worst {
+    let StoredRun {
+        info,
+        spec,
+        dtype,
+        overheads,
+    } = load_run(dir);
     let residue = info["warmup_residue_bytes"].as_u64().unwrap();
     let mut worst = Worst {
         pool: 0.0,
@@ -140,25 +164,13 @@ fn committed_oom_boundaries_match_the_prediction() {
         let Ok(text) = std::fs::read_to_string(dir.join("boundary.json")) else {
             continue;
         };
-        let info: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
-        let command = info["command"].as_array().unwrap();
-        let mut spec =
-            ModelSpec::from_path(&root().join(info["model_config"].as_str().unwrap())).unwrap();
-        if let Some(m) = flag(command, "--max-position") {
-            spec = spec.with_max_position(m.parse().unwrap()).unwrap();
-        }
-        let gpu = &info["gpu"];
-        let context = gpu["process_after_context_bytes"].as_u64().unwrap();
-        let nonpool = gpu["process_after_warmup_bytes"].as_u64().unwrap()
-            - gpu["pool_reserved_after_warmup_bytes"].as_u64().unwrap();
-        let o = CudaOverheads {
-            context_bytes: context,
-            libraries_bytes: nonpool - context,
-            ..CudaOverheads::default()
-        };
+        let StoredRun {
+            info,
+            spec,
+            dtype,
+            overheads: o,
+        } = load_run(&dir);
         let steps = info["grid"]["decode_steps"].as_u64().unwrap();
-        let dtype: DType = info["dtype"].as_str().unwrap().parse().unwrap();
         let boundaries: Vec<Value> = serde_json::from_str(&text).unwrap();
         for b in boundaries {
             let batch = b["batch"].as_u64().unwrap();
