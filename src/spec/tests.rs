@@ -125,3 +125,26 @@ fn dtype_names() {
     assert_eq!("f16".parse::<DType>().unwrap().size_in_bytes(), 2);
     assert!("int3".parse::<DType>().is_err());
 }
+
+/// Every config shipped in models/ has the parameter count its publisher reports, and the
+/// closed form agrees with the tensor inventory.
+#[test]
+fn shipped_configs_have_their_published_parameter_counts() {
+    for (dir, params, kv_per_token) in [
+        ("models/vramprobe-tiny-llama", 7_211_264u64, 2_048u64),
+        ("models/meta-llama-3-8b-instruct", 8_030_261_248, 131_072),
+        ("models/meta-llama-3-70b-instruct", 70_553_706_496, 327_680),
+        ("models/llama-3.1-405b-instruct", 405_853_388_800, 516_096),
+    ] {
+        let s = ModelSpec::from_path(std::path::Path::new(dir)).expect(dir);
+        assert_eq!(s.param_count(), params, "{dir}");
+        let inventory: u64 = s.tensors().iter().map(|t| t.numel()).sum();
+        assert_eq!(inventory, params, "{dir}");
+        let dtype = s.torch_dtype.unwrap_or(crate::spec::DType::BF16);
+        assert_eq!(
+            crate::estimate::kv_cache_bytes_per_token(&s, dtype),
+            kv_per_token,
+            "{dir}"
+        );
+    }
+}
