@@ -30,6 +30,46 @@ pub enum Command {
     /// Load a model with candle, run real forward passes over a grid of batch x context,
     /// and compare the measured peaks with the estimate, point by point.
     Bench(BenchArgs),
+    /// The GPU catalogue: memory as NVML reports it, compute capability, bf16.
+    Gpus(GpusArgs),
+    /// Which GPUs a model fits on at a batch and context, how far it stretches on each,
+    /// and how many it needs with tensor parallelism.
+    Fit(FitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GpusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FitArgs {
+    /// A model directory, its config.json, or a Hugging Face model id.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Hub revision when --model is a model id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Only this GPU (an id from `vramprobe gpus`, or part of its name).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Element type [default: the config's torch_dtype, else bf16].
+    #[arg(long)]
+    pub dtype: Option<DType>,
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Prompt length [default: 4096, or the model's limit if smaller].
+    #[arg(long)]
+    pub context: Option<u64>,
+    #[arg(long, default_value_t = 8)]
+    pub decode_steps: u64,
+    /// A calibration.json from `bench --device cuda` (see `estimate --calibration`).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the modelled engine runs.
@@ -70,6 +110,9 @@ pub struct EstimateArgs {
     /// library sizes replace the defaults (an H100 with driver 580).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// Add the fit over the GPU catalogue (as `vramprobe fit`).
+    #[arg(long)]
+    pub fit: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -242,6 +285,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Estimate(a) => run_estimate(a),
         Command::Bench(a) => run_bench(a),
+        Command::Gpus(a) => run_gpus(a),
+        Command::Fit(a) => run_fit(a),
     }
 }
 
@@ -293,6 +338,100 @@ fn load_model(
     }
 }
 
+/// The CUDA overheads: from a calibration file, else the measured H100 defaults.
+fn load_overheads(calibration: Option<&Path>) -> anyhow::Result<(CudaOverheads, String)> {
+    match calibration {
+        None => Ok((
+            CudaOverheads::default(),
+            "default: NVIDIA H100 80GB HBM3, driver 580.159.04, measured 2026-11-26".to_string(),
+        )),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| BadInput(format!("{}: {e}", p.display())))?;
+            let shown = p.display().to_string();
+            Ok((CudaOverheads::from_calibration_json(&text, &shown)?, shown))
+        }
+    }
+}
+
+fn run_gpus(a: GpusArgs) -> anyhow::Result<()> {
+    let cat = crate::estimate::gpus::CATALOGUE;
+    if a.json {
+        let v: Vec<serde_json::Value> = cat
+            .iter()
+            .map(|g| {
+                json!({
+                    "id": g.id, "name": g.name, "marketing_gb": g.marketing_gb,
+                    "memory_bytes": g.memory_bytes, "usable_bytes": g.usable_bytes(),
+                    "compute_capability": format!("{}.{}", g.compute_capability.0, g.compute_capability.1),
+                    "bf16": g.bf16(), "source": g.source,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", report::gpus_table(cat));
+    }
+    Ok(())
+}
+
+fn fit_results(
+    spec: &ModelSpec,
+    dtype: DType,
+    w: Workload,
+    overheads: CudaOverheads,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<crate::estimate::fit::GpuFit>> {
+    use crate::estimate::{fit, gpus};
+    let q = fit::FitQuery {
+        spec,
+        dtype,
+        engine: EngineProfile::CandleEager,
+        workload: w,
+        overheads,
+    };
+    let list: Vec<&'static gpus::GpuModel> = match only {
+        None => gpus::CATALOGUE.iter().collect(),
+        Some(name) => vec![gpus::find(name).ok_or_else(|| {
+            let ids: Vec<&str> = gpus::CATALOGUE.iter().map(|g| g.id).collect();
+            BadInput(format!(
+                "--gpu {name}: not one GPU of the catalogue (ids: {})",
+                ids.join(", ")
+            ))
+        })?],
+    };
+    Ok(list.into_iter().map(|g| fit::fit(&q, g)).collect())
+}
+
+fn run_fit(a: FitArgs) -> anyhow::Result<()> {
+    let (spec, _) = load_model(Some(&a.model), a.revision.as_deref(), false, true)?;
+    let dtype = a.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
+    let limit = spec
+        .max_position_embeddings
+        .saturating_sub(a.decode_steps)
+        .max(2);
+    let context = a.context.unwrap_or(4096.min(limit));
+    let w: Workload = Grid {
+        batches: vec![a.batch],
+        contexts: vec![context],
+        decode_steps: a.decode_steps,
+    }
+    .workloads(&spec)?[0];
+    let (overheads, source) = load_overheads(a.calibration.as_deref())?;
+    let fits = fit_results(&spec, dtype, w, overheads, a.gpu.as_deref())?;
+    if a.json {
+        let v = json!({
+            "model": spec.name(), "dtype": dtype, "engine": "candle-eager",
+            "batch": w.batch, "context": w.context, "decode_steps": w.decode_steps,
+            "overheads": overheads, "overheads_source": source, "fit": fits,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", report::fit_table(&spec.name(), dtype, w, &fits));
+    }
+    Ok(())
+}
+
 fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
     let (mut spec, _) = load_model(Some(&a.model), a.revision.as_deref(), false, true)?;
     if let Some(m) = a.max_position {
@@ -315,18 +454,7 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
         DeviceArg::Cuda => Backend::Cuda,
     };
     let e = estimate::estimate(&spec, dtype, EngineProfile::CandleEager, backend, w);
-    let (overheads, overheads_source) = match &a.calibration {
-        None => (
-            CudaOverheads::default(),
-            "default: NVIDIA H100 80GB HBM3, driver 580.159.04, measured 2026-11-26".to_string(),
-        ),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading calibration {}", p.display()))?;
-            let shown = p.display().to_string();
-            (CudaOverheads::from_calibration_json(&text, &shown)?, shown)
-        }
-    };
+    let (overheads, overheads_source) = load_overheads(a.calibration.as_deref())?;
     let process = (backend == Backend::Cuda).then(|| {
         (
             cuda_est::process(&e, Phase::Prefill, 0, &overheads),
@@ -348,11 +476,16 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
             "context": w.context,
             "decode_steps": w.decode_steps,
             "total_bytes": e.total_bytes(),
+            "weights_only_bytes": e.weights_bytes,
+            "rule_of_thumb": crate::estimate::rule_of_thumb(e.params),
             "peak_phase": e.peak_phase().phase.as_str(),
             "components": e.peak_phase().peak.to_map(),
             "phases": {"prefill": phase(&e.prefill), "decode": phase(&e.decode)},
         });
         let mut v = v;
+        if a.fit {
+            v["fit"] = json!(fit_results(&spec, dtype, w, overheads, None)?);
+        }
         if let Some((p, d)) = &process {
             v["process_total_bytes"] = json!(p.total_bytes().max(d.total_bytes()));
             v["process"] = json!({
@@ -367,6 +500,17 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
         print!("{}", report::estimate_table(&spec.name(), &e));
         if let Some((p, d)) = &process {
             print!("{}", report::process_table(p, d, &overheads_source));
+        }
+        print!(
+            "{}",
+            report::rule_of_thumb_lines(
+                &e,
+                process.map(|(p, d)| p.total_bytes().max(d.total_bytes()))
+            )
+        );
+        if a.fit {
+            let fits = fit_results(&spec, dtype, w, overheads, None)?;
+            print!("\n{}", report::fit_table(&spec.name(), dtype, w, &fits));
         }
     }
     Ok(())

@@ -8,6 +8,8 @@
 
 pub mod candle_eager;
 pub mod cuda;
+pub mod fit;
+pub mod gpus;
 
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;
@@ -220,6 +222,26 @@ impl Estimate {
     /// The peak over the whole workload.
     pub fn total_bytes(&self) -> u64 {
         self.peak_phase().total_bytes()
+    }
+}
+
+/// The seed's rule of thumb, kept as a baseline so users see what it misses: inference
+/// needs the weights at 2 bytes per parameter plus "a few GB" (taken as 2 GB); training
+/// needs 2 to 3 times that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RuleOfThumb {
+    pub inference_bytes: u64,
+    pub training_low_bytes: u64,
+    pub training_high_bytes: u64,
+}
+
+/// The rule of thumb for `params` parameters.
+pub fn rule_of_thumb(params: u64) -> RuleOfThumb {
+    let inference = params * 2 + 2_000_000_000;
+    RuleOfThumb {
+        inference_bytes: inference,
+        training_low_bytes: inference * 2,
+        training_high_bytes: inference * 3,
     }
 }
 

@@ -197,6 +197,103 @@ pub fn process_table(
     out
 }
 
+/// The rule of thumb and the weights-only figure beside the estimate.
+pub fn rule_of_thumb_lines(e: &Estimate, process_bytes: Option<u64>) -> String {
+    let r = crate::estimate::rule_of_thumb(e.params);
+    let ours = process_bytes.unwrap_or_else(|| e.total_bytes());
+    let mut out = String::new();
+    let _ = writeln!(out, "\nbeside the estimate ({}):", bytes(ours));
+    let _ = writeln!(
+        out,
+        "  weights only                      {:>11}  ({:+.1}% vs the estimate)",
+        bytes(e.weights_bytes),
+        (e.weights_bytes as f64 / ours as f64 - 1.0) * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "  rule of thumb (2 B/param + 2 GB)  {:>11}  ({:+.1}% vs the estimate)",
+        bytes(r.inference_bytes),
+        (r.inference_bytes as f64 / ours as f64 - 1.0) * 100.0
+    );
+    out
+}
+
+/// The GPU catalogue as a table.
+pub fn gpus_table(cat: &[crate::estimate::gpus::GpuModel]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:<32} {:>9} {:>12} {:>11} {:>4} {:>5}  source",
+        "id", "name (NVML)", "data sheet", "NVML total", "usable", "cc", "bf16"
+    );
+    for g in cat {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<32} {:>7} GB {:>12} {:>11} {:>4} {:>5}  {}",
+            g.id,
+            g.name,
+            g.marketing_gb,
+            bytes(g.memory_bytes),
+            bytes(g.usable_bytes()),
+            format!("{}.{}", g.compute_capability.0, g.compute_capability.1),
+            if g.bf16() { "yes" } else { "no" },
+            g.source
+        );
+    }
+    out
+}
+
+/// The fit of one workload over GPUs.
+pub fn fit_table(
+    model: &str,
+    dtype: crate::spec::DType,
+    w: crate::estimate::Workload,
+    fits: &[crate::estimate::fit::GpuFit],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{model} in {dtype}, batch {} x context {} (+{} decode steps), engine candle-eager, CUDA process peak:",
+        w.batch, w.context, w.decode_steps
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>11} {:>11} {:>4} {:>12} {:>9} {:>11} {:>9}",
+        "gpu", "usable", "needs", "fits", "headroom", "max batch", "max context", "TP GPUs"
+    );
+    for f in fits {
+        let head = if f.headroom_bytes >= 0 {
+            bytes(f.headroom_bytes as u64)
+        } else {
+            format!("-{}", bytes(f.headroom_bytes.unsigned_abs()))
+        };
+        let opt = |o: Option<u64>| o.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            out,
+            "{:<12} {:>11} {:>11} {:>4} {:>12} {:>9} {:>11} {:>9}{}",
+            f.gpu,
+            bytes(f.usable_bytes),
+            bytes(f.needed_bytes),
+            if f.fits { "yes" } else { "no" },
+            head,
+            opt(f.max_batch),
+            opt(f.max_context),
+            opt(f.tp_gpus),
+            if f.bf16 {
+                ""
+            } else {
+                "  (no bf16: fp16 or fp32 only)"
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "max batch at this context, max context at this batch; TP GPUs: fewest GPUs with tensor \
+         parallelism (weights, KV and attention split; context and libraries per GPU)"
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

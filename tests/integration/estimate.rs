@@ -158,3 +158,73 @@ fn calibration_from_a_gpu_run_predicts_its_nvml_figure() {
         "{e}"
     );
 }
+
+/// `vramprobe gpus --json`: every GPU with NVML's memory, compute capability and bf16.
+#[test]
+fn gpu_catalogue_as_json() {
+    let o = vramprobe(&["gpus", "--json"]);
+    ok(&o);
+    let v: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v.len() >= 16);
+    let h100 = v.iter().find(|g| g["id"] == "h100-sxm").unwrap();
+    assert_eq!(h100["memory_bytes"], 85_520_809_984u64);
+    assert_eq!(h100["compute_capability"], "9.0");
+    assert_eq!(h100["bf16"], true);
+    let t4 = v.iter().find(|g| g["id"] == "t4").unwrap();
+    assert_eq!(t4["bf16"], false);
+    for g in &v {
+        assert!(g["usable_bytes"].as_u64().unwrap() < g["memory_bytes"].as_u64().unwrap());
+    }
+}
+
+/// `fit` answers "which GPUs, how far, how many", and `estimate --fit` gives the same.
+#[test]
+fn fit_over_the_catalogue() {
+    let args = [
+        "--model",
+        "models/meta-llama-3-70b-instruct",
+        "--batch",
+        "1",
+        "--context",
+        "4096",
+        "--json",
+    ];
+    let o = vramprobe(&[&["fit"], &args[..]].concat());
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let fits = v["fit"].as_array().unwrap();
+    let by = |id: &str| fits.iter().find(|f| f["gpu"] == id).unwrap().clone();
+    // 141 GB of bf16 weights: no single 80 GB card; one 180 GB B200 does.
+    assert_eq!(by("h100-sxm")["fits"], false);
+    assert_eq!(by("h100-sxm")["tp_gpus"], 2);
+    assert_eq!(by("b200")["fits"], true);
+    assert!(by("b200")["max_batch"].as_u64().unwrap() >= 1);
+    assert!(by("h200")["tp_gpus"].as_u64().unwrap() <= 2);
+
+    let o = vramprobe(&[&["estimate", "--fit"], &args[..]].concat());
+    ok(&o);
+    let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["fit"], v["fit"]);
+    let rule = e["rule_of_thumb"]["inference_bytes"].as_u64().unwrap();
+    assert_eq!(rule, 70_553_706_496 * 2 + 2_000_000_000);
+    assert_eq!(e["weights_only_bytes"], 141_107_412_992u64);
+
+    let o = vramprobe(&[
+        "fit",
+        "--model",
+        "models/meta-llama-3-8b-instruct",
+        "--gpu",
+        "a100",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "ambiguous GPU: {}", stderr(&o));
+    assert!(stderr(&o).contains("a100-40gb"), "{}", stderr(&o));
+    let o = vramprobe(&[
+        "fit",
+        "--model",
+        "models/meta-llama-3-8b-instruct",
+        "--gpu",
+        "4090",
+    ]);
+    ok(&o);
+    assert!(stdout(&o).contains("rtx4090"), "{}", stdout(&o));
+}
