@@ -225,7 +225,7 @@ mod tests {
         assert!(!f70.fits);
         // 141 GB of weights: two 80 GB cards are not enough once the rest is added.
         assert!(
-            f70.tp_gpus.is_some_and(|n| n >= 2 && n <= 4),
+            f70.tp_gpus.is_some_and(|n| (2..=4).contains(&n)),
             "{:?}",
             f70.tp_gpus
         );
