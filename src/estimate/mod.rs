@@ -10,6 +10,7 @@ pub mod candle_eager;
 pub mod cuda;
 pub mod fit;
 pub mod gpus;
+pub mod hf;
 
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;
@@ -21,13 +22,37 @@ use std::collections::BTreeMap;
 pub enum EngineProfile {
     /// candle-transformers' llama without flash-attn, as [`candle_eager`] describes.
     CandleEager,
+    /// A fused attention (FlashAttention/SDPA: no score buffer) with a preallocated KV
+    /// cache, transformers-style layers ([`hf`]).
+    Flash,
+    /// Hugging Face transformers' eager attention ([`hf`]).
+    HfEager,
 }
 
 impl EngineProfile {
+    pub const ALL: [EngineProfile; 3] = [
+        EngineProfile::CandleEager,
+        EngineProfile::Flash,
+        EngineProfile::HfEager,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             EngineProfile::CandleEager => "candle-eager",
+            EngineProfile::Flash => "flash",
+            EngineProfile::HfEager => "hf-eager",
         }
+    }
+}
+
+impl std::str::FromStr for EngineProfile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        EngineProfile::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| format!("unknown engine \"{s}\" (candle-eager, flash, hf-eager)"))
     }
 }
 
@@ -267,6 +292,14 @@ pub fn estimate(
         EngineProfile::CandleEager => (
             candle_eager::prefill(spec, dtype, backend, workload),
             candle_eager::decode(spec, dtype, backend, workload),
+        ),
+        EngineProfile::Flash => (
+            hf::flash_prefill(spec, dtype, workload),
+            hf::flash_decode(spec, dtype, workload),
+        ),
+        EngineProfile::HfEager => (
+            hf::eager_prefill(spec, dtype, workload),
+            hf::eager_decode(spec, dtype, workload),
         ),
     };
     Estimate {

@@ -247,14 +247,18 @@ pub fn gpus_table(cat: &[crate::estimate::gpus::GpuModel]) -> String {
 pub fn fit_table(
     model: &str,
     dtype: crate::spec::DType,
+    engine: crate::estimate::EngineProfile,
     w: crate::estimate::Workload,
     fits: &[crate::estimate::fit::GpuFit],
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{model} in {dtype}, batch {} x context {} (+{} decode steps), engine candle-eager, CUDA process peak:",
-        w.batch, w.context, w.decode_steps
+        "{model} in {dtype}, batch {} x context {} (+{} decode steps), engine {}, CUDA process peak:",
+        w.batch,
+        w.context,
+        w.decode_steps,
+        engine.as_str()
     );
     let _ = writeln!(
         out,

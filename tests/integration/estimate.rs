@@ -228,3 +228,43 @@ fn fit_over_the_catalogue() {
     ok(&o);
     assert!(stdout(&o).contains("rtx4090"), "{}", stdout(&o));
 }
+
+/// `--engine`: the three profiles order as their attention does at long context (candle's
+/// three f32 score copies > transformers' eager softmax > a fused kernel), and an unknown
+/// engine is bad input.
+#[test]
+fn engines_differ_where_attention_does() {
+    let total = |engine: &str| {
+        let o = vramprobe(&[
+            "estimate",
+            "--model",
+            "models/meta-llama-3-8b-instruct",
+            "--context",
+            "8184",
+            "--engine",
+            engine,
+            "--json",
+        ]);
+        ok(&o);
+        let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["engine"], engine);
+        v["total_bytes"].as_u64().unwrap()
+    };
+    let (candle, hf, flash) = (total("candle-eager"), total("hf-eager"), total("flash"));
+    assert!(candle > hf && hf > flash, "{candle} {hf} {flash}");
+    // A fused kernel needs only weights, cache and small activations: under 18.5 GB here.
+    assert!(flash < 18_500_000_000, "{flash}");
+    let o = vramprobe(&[
+        "estimate",
+        "--model",
+        "models/meta-llama-3-8b-instruct",
+        "--engine",
+        "vllm",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("candle-eager, flash, hf-eager"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -209,3 +209,62 @@ fn committed_oom_boundaries_match_the_prediction() {
     }
     assert!(checked >= 4, "{checked} boundaries checked");
 }
+
+/// The PyTorch reference measured on the H100 (torch-reference.jsonl: transformers eager and
+/// SDPA attention, `torch.cuda.max_memory_allocated`) against the `hf-eager` and `flash`
+/// engine profiles.
+#[test]
+fn torch_reference_matches_the_hf_engines() {
+    let mut checked = 0;
+    let spec = ModelSpec::from_path(&root().join("models/meta-llama-3-8b-instruct")).unwrap();
+    for g in std::fs::read_dir(root().join("reports/gpu"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(g.path().join("torch-reference.jsonl")) else {
+            continue;
+        };
+        let mut worst: std::collections::BTreeMap<String, f64> = Default::default();
+        for line in text.lines() {
+            let p: Value = serde_json::from_str(line).unwrap();
+            if p["kind"] != "point" || p["status"] != "ok" {
+                continue;
+            }
+            let engine = match p["attn"].as_str().unwrap() {
+                "eager" => EngineProfile::HfEager,
+                _ => EngineProfile::Flash,
+            };
+            let w = Workload {
+                batch: p["batch"].as_u64().unwrap(),
+                context: p["context"].as_u64().unwrap(),
+                decode_steps: p["decode_steps"].as_u64().unwrap(),
+            };
+            let e = estimate(&spec, DType::BF16, engine, Backend::Cuda, w);
+            for (phase, name) in [(Phase::Prefill, "prefill"), (Phase::Decode, "decode")] {
+                let measured = p[name]["torch_allocated"].as_u64().unwrap() as f64;
+                let est = e.phase(phase).total_bytes() as f64;
+                let err = (est - measured) / measured;
+                eprintln!(
+                    "{} b{} s{} {name}: est {:.3} GiB measured {:.3} GiB {:+.2}%",
+                    engine.as_str(),
+                    w.batch,
+                    w.context,
+                    est / (1u64 << 30) as f64,
+                    measured / (1u64 << 30) as f64,
+                    err * 100.0
+                );
+                let k = format!("{} {name}", engine.as_str());
+                let wv = worst.entry(k).or_insert(0.0);
+                if err.abs() > wv.abs() {
+                    *wv = err;
+                }
+                checked += 1;
+            }
+        }
+        eprintln!("{}: worst {worst:?}", g.path().display());
+        for (k, v) in &worst {
+            assert!(v.abs() <= 0.03, "{k}: {:+.2}%", v * 100.0);
+        }
+    }
+    assert!(checked >= 80, "{checked} torch points checked");
+}
