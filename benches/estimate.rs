@@ -9,7 +9,7 @@ use std::path::Path;
 use vramprobe::estimate::cuda::CudaOverheads;
 use vramprobe::estimate::fit::{process_peak, FitQuery};
 use vramprobe::estimate::gpus::CATALOGUE;
-use vramprobe::estimate::{estimate, Backend, EngineProfile, Workload};
+use vramprobe::estimate::{estimate, Backend, EngineProfile, Quant, Workload};
 use vramprobe::spec::{DType, ModelSpec};
 
 fn benches(c: &mut Criterion) {
@@ -36,6 +36,8 @@ fn benches(c: &mut Criterion) {
         engine: EngineProfile::CandleEager,
         workload: w,
         overheads: CudaOverheads::default(),
+        quant: Quant::None,
+        kv_dtype: None,
     };
     let batches = [1u64, 2, 4, 8, 16, 32];
     let contexts = [128u64, 256, 512, 1024, 2048, 4096, 6144, 8184];

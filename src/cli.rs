@@ -71,6 +71,12 @@ pub struct FitArgs {
     /// Engine: candle-eager, flash, hf-eager.
     #[arg(long, default_value = "candle-eager")]
     pub engine: EngineProfile,
+    /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
+    #[arg(long, default_value = "none")]
+    pub quant: crate::estimate::Quant,
+    /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
+    #[arg(long)]
+    pub kv_dtype: Option<crate::estimate::KvDtype>,
     #[arg(long)]
     pub json: bool,
 }
@@ -117,6 +123,12 @@ pub struct EstimateArgs {
     /// attention, preallocated KV cache), hf-eager (transformers' eager attention).
     #[arg(long, default_value = "candle-eager")]
     pub engine: EngineProfile,
+    /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
+    #[arg(long, default_value = "none")]
+    pub quant: crate::estimate::Quant,
+    /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
+    #[arg(long)]
+    pub kv_dtype: Option<crate::estimate::KvDtype>,
     /// Add the fit over the GPU catalogue (as `vramprobe fit`).
     #[arg(long)]
     pub fit: bool,
@@ -382,10 +394,13 @@ fn run_gpus(a: GpusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fit_results(
     spec: &ModelSpec,
     dtype: DType,
     engine: EngineProfile,
+    quant: crate::estimate::Quant,
+    kv_dtype: Option<crate::estimate::KvDtype>,
     w: Workload,
     overheads: CudaOverheads,
     only: Option<&str>,
@@ -397,6 +412,8 @@ fn fit_results(
         engine,
         workload: w,
         overheads,
+        quant,
+        kv_dtype,
     };
     let list: Vec<&'static gpus::GpuModel> = match only {
         None => gpus::CATALOGUE.iter().collect(),
@@ -426,7 +443,16 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
     }
     .workloads(&spec)?[0];
     let (overheads, source) = load_overheads(a.calibration.as_deref())?;
-    let fits = fit_results(&spec, dtype, a.engine, w, overheads, a.gpu.as_deref())?;
+    let fits = fit_results(
+        &spec,
+        dtype,
+        a.engine,
+        a.quant,
+        a.kv_dtype,
+        w,
+        overheads,
+        a.gpu.as_deref(),
+    )?;
     if a.json {
         let v = json!({
             "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(),
@@ -464,7 +490,7 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
         DeviceArg::Cpu => Backend::Cpu,
         DeviceArg::Cuda => Backend::Cuda,
     };
-    let e = estimate::estimate(&spec, dtype, a.engine, backend, w);
+    let e = estimate::estimate_quantized(&spec, dtype, a.engine, backend, w, a.quant, a.kv_dtype);
     let (overheads, overheads_source) = load_overheads(a.calibration.as_deref())?;
     let process = (backend == Backend::Cuda).then(|| {
         (
@@ -482,6 +508,8 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
             "weights_bytes": e.weights_bytes,
             "kv_cache_bytes_per_token": e.kv_cache_bytes_per_token,
             "engine": e.engine.as_str(),
+            "quant": a.quant,
+            "kv_dtype": a.kv_dtype,
             "device": backend.as_str(),
             "batch": w.batch,
             "context": w.context,
@@ -495,7 +523,9 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
         });
         let mut v = v;
         if a.fit {
-            v["fit"] = json!(fit_results(&spec, dtype, a.engine, w, overheads, None)?);
+            v["fit"] = json!(fit_results(
+                &spec, dtype, a.engine, a.quant, a.kv_dtype, w, overheads, None
+            )?);
         }
         if let Some((p, d)) = &process {
             v["process_total_bytes"] = json!(p.total_bytes().max(d.total_bytes()));
@@ -526,7 +556,9 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
             )
         );
         if a.fit {
-            let fits = fit_results(&spec, dtype, a.engine, w, overheads, None)?;
+            let fits = fit_results(
+                &spec, dtype, a.engine, a.quant, a.kv_dtype, w, overheads, None,
+            )?;
             print!(
                 "\n{}",
                 report::fit_table(&spec.name(), dtype, a.engine, w, &fits)

@@ -11,7 +11,10 @@
 
 use super::cuda::{self, CudaOverheads};
 use super::gpus::GpuModel;
-use super::{estimate, Backend, Component, EngineProfile, Estimate, Phase, Workload};
+use super::{
+    estimate_quantized, Backend, Component, EngineProfile, Estimate, KvDtype, Phase, Quant,
+    Workload,
+};
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;
 
@@ -23,6 +26,8 @@ pub struct FitQuery<'a> {
     pub engine: EngineProfile,
     pub workload: Workload,
     pub overheads: CudaOverheads,
+    pub quant: Quant,
+    pub kv_dtype: Option<KvDtype>,
 }
 
 /// The answer for one GPU.
@@ -69,7 +74,15 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 fn estimate_of(q: &FitQuery<'_>, w: Workload) -> Estimate {
-    estimate(q.spec, q.dtype, q.engine, Backend::Cuda, w)
+    estimate_quantized(
+        q.spec,
+        q.dtype,
+        q.engine,
+        Backend::Cuda,
+        w,
+        q.quant,
+        q.kv_dtype,
+    )
 }
 
 /// The process peak over both phases on one GPU.
@@ -196,6 +209,8 @@ mod tests {
                 decode_steps: 8,
             },
             overheads: CudaOverheads::default(),
+            quant: Quant::None,
+            kv_dtype: None,
         }
     }
 

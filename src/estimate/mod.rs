@@ -280,6 +280,116 @@ pub fn kv_cache_bytes_per_token(spec: &ModelSpec, dtype: DType) -> u64 {
     2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * dtype.size_in_bytes()
 }
 
+/// Weight quantization of the linear layers (q, k, v, o, gate, up, down): embeddings,
+/// norms and the output layer stay in the model dtype, as GPTQ/AWQ/bitsandbytes checkpoints
+/// keep them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    None,
+    /// 8-bit weights with one f16 scale per output row.
+    Int8,
+    /// 4-bit weights in groups of 128 with an f16 scale and an f16 zero point per group
+    /// (0.53125 bytes per weight).
+    Int4,
+}
+
+impl std::str::FromStr for Quant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Quant::None),
+            "int8" => Ok(Quant::Int8),
+            "int4" => Ok(Quant::Int4),
+            _ => Err(format!("unknown quantization \"{s}\" (none, int8, int4)")),
+        }
+    }
+}
+
+/// Element type of the KV cache when it differs from the model's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    F32,
+    F16,
+    Bf16,
+    Fp8,
+}
+
+impl KvDtype {
+    pub const fn bytes(self) -> u64 {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+            KvDtype::Fp8 => 1,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            "bf16" => Ok(KvDtype::Bf16),
+            "fp8" => Ok(KvDtype::Fp8),
+            _ => Err(format!(
+                "unknown KV cache dtype \"{s}\" (f32, f16, bf16, fp8)"
+            )),
+        }
+    }
+}
+
+/// Bytes of the weights under `quant`: the linear layers' weights quantized, the rest in
+/// `dtype`.
+pub fn quantized_weights_bytes(spec: &ModelSpec, dtype: DType, quant: Quant) -> u64 {
+    let e = dtype.size_in_bytes();
+    let mut linear = 0u64;
+    let mut rows = 0u64;
+    for t in spec.tensors() {
+        if t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight") {
+            linear += t.numel();
+            rows += t.shape.first().copied().unwrap_or(0);
+        }
+    }
+    let rest = spec.param_count() - linear;
+    match quant {
+        Quant::None => spec.param_count() * e,
+        Quant::Int8 => rest * e + linear + rows * 2,
+        Quant::Int4 => rest * e + linear / 2 + linear.div_ceil(128) * 4,
+    }
+}
+
+/// Estimate with quantized weights and/or another KV cache dtype. The engine's replay is
+/// made in the model dtype (activations stay in it: weights are dequantized on use); the
+/// weights and the resident KV cache are then replaced by their quantized sizes, which
+/// shifts every moment of the replay by the same amount for the weights and scales the
+/// cache that is resident at the peak.
+pub fn estimate_quantized(
+    spec: &ModelSpec,
+    dtype: DType,
+    engine: EngineProfile,
+    backend: Backend,
+    workload: Workload,
+    quant: Quant,
+    kv_dtype: Option<KvDtype>,
+) -> Estimate {
+    let mut e = estimate(spec, dtype, engine, backend, workload);
+    let w = quantized_weights_bytes(spec, dtype, quant);
+    let kv_e = kv_dtype.map_or(dtype.size_in_bytes(), KvDtype::bytes);
+    for p in [&mut e.prefill, &mut e.decode] {
+        p.peak.0[Component::Weights as usize] = w;
+        let kv = p.peak.get(Component::KvCache);
+        p.peak.0[Component::KvCache as usize] = kv * kv_e / dtype.size_in_bytes();
+    }
+    e.weights_bytes = w;
+    e.kv_cache_bytes_per_token = e.kv_cache_bytes_per_token * kv_e / dtype.size_in_bytes();
+    e
+}
+
 /// Estimate `workload` for `spec` in `dtype` on `engine` / `backend`.
 pub fn estimate(
     spec: &ModelSpec,

@@ -243,3 +243,50 @@ fn logits_peak_with_a_huge_vocabulary() {
     );
     assert_eq!(e.decode.peak.get(Component::Logits), 8 * 1_000_000 * 4);
 }
+
+/// Quantization replaces the linear layers' weights only; the KV dtype scales the cache.
+#[test]
+fn quantized_weights_and_kv_dtype() {
+    let s = llama3_8b();
+    // Linear weights of Llama-3-8B: 32 x (4096x4096 x2 + 1024x4096 x2 + 14336x4096 x3).
+    let linear: u64 = 32 * (2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 14336 * 4096);
+    let rows: u64 = 32 * (2 * 4096 + 2 * 1024 + 2 * 14336 + 4096);
+    let rest = s.param_count() - linear;
+    assert_eq!(
+        quantized_weights_bytes(&s, DType::BF16, Quant::None),
+        16_060_522_496
+    );
+    assert_eq!(
+        quantized_weights_bytes(&s, DType::BF16, Quant::Int8),
+        rest * 2 + linear + rows * 2
+    );
+    assert_eq!(
+        quantized_weights_bytes(&s, DType::BF16, Quant::Int4),
+        rest * 2 + linear / 2 + linear / 128 * 4
+    );
+    let w = Workload {
+        batch: 4,
+        context: 4096,
+        decode_steps: 8,
+    };
+    let plain = estimate(&s, DType::BF16, EngineProfile::Flash, Backend::Cuda, w);
+    let q = estimate_quantized(
+        &s,
+        DType::BF16,
+        EngineProfile::Flash,
+        Backend::Cuda,
+        w,
+        Quant::Int4,
+        Some(KvDtype::Fp8),
+    );
+    assert_eq!(q.kv_cache_bytes_per_token, 65_536);
+    assert_eq!(
+        q.decode.peak.get(Component::KvCache) * 2,
+        plain.decode.peak.get(Component::KvCache)
+    );
+    let saved = plain.decode.total_bytes() - q.decode.total_bytes();
+    assert_eq!(
+        saved,
+        (plain.weights_bytes - q.weights_bytes) + plain.decode.peak.get(Component::KvCache) / 2
+    );
+}

@@ -268,3 +268,32 @@ fn engines_differ_where_attention_does() {
         stderr(&o)
     );
 }
+
+/// `--quant` and `--kv-dtype` on the command line: 70B in int4 fits one H100.
+#[test]
+fn quantization_flags() {
+    let o = vramprobe(&[
+        "fit",
+        "--model",
+        "models/meta-llama-3-70b-instruct",
+        "--quant",
+        "int4",
+        "--kv-dtype",
+        "fp8",
+        "--gpu",
+        "h100-sxm",
+        "--json",
+    ]);
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["fit"][0]["fits"], true);
+    let o = vramprobe(&[
+        "estimate",
+        "--model",
+        "models/meta-llama-3-70b-instruct",
+        "--quant",
+        "int3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("none, int8, int4"), "{}", stderr(&o));
+}
