@@ -81,6 +81,13 @@ pub struct FitArgs {
     pub json: bool,
 }
 
+/// What is estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Inference,
+    Train,
+}
+
 /// Where the modelled engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
@@ -129,6 +136,27 @@ pub struct EstimateArgs {
     /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
     #[arg(long)]
     pub kv_dtype: Option<crate::estimate::KvDtype>,
+    /// `inference` (prefill + decode) or `train` (one optimizer step over batch x context).
+    #[arg(long, value_enum, default_value_t = ModeArg::Inference)]
+    pub mode: ModeArg,
+    /// Training: adamw (mixed precision, fp32 master and moments), adamw-bf16, adamw-8bit, sgd.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: crate::estimate::train::Optimizer,
+    /// Training: activation checkpointing none, selective (attention core), full.
+    #[arg(long, default_value = "none")]
+    pub checkpointing: crate::estimate::train::Checkpointing,
+    /// Training: LoRA rank (adapters only are trained; with --quant int4 this is QLoRA).
+    #[arg(long)]
+    pub lora_rank: Option<u64>,
+    /// Training: LoRA target modules, comma-separated (q, k, v, o, gate, up, down).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    pub lora_targets: Vec<crate::estimate::train::Target>,
+    /// Training: ZeRO stage 0-3 over --gpus.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub zero: u8,
+    /// Training: data-parallel GPUs the ZeRO stage shards over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub gpus: u64,
     /// Add the fit over the GPU catalogue (as `vramprobe fit`).
     #[arg(long)]
     pub fit: bool,
@@ -469,6 +497,47 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_estimate_train(
+    a: &EstimateArgs,
+    spec: &ModelSpec,
+    dtype: DType,
+    w: Workload,
+) -> anyhow::Result<()> {
+    use crate::estimate::train::{estimate_train, Lora, TrainSetup};
+    let setup = TrainSetup {
+        optimizer: a.optimizer,
+        checkpointing: a.checkpointing,
+        lora: a.lora_rank.map(|rank| Lora {
+            rank,
+            targets: a.lora_targets.clone(),
+        }),
+        quant: a.quant,
+        zero: a.zero,
+        gpus: a.gpus,
+    };
+    if setup.lora.as_ref().is_some_and(|l| l.rank == 0) {
+        return Err(BadInput("--lora-rank 0: a rank must be at least 1".into()).into());
+    }
+    let t = estimate_train(spec, dtype, a.engine, w.batch, w.context, &setup);
+    let rule = crate::estimate::rule_of_thumb(spec.param_count());
+    if a.json {
+        let v = json!({
+            "model": spec.name(), "config": spec.source, "mode": "train", "dtype": dtype,
+            "engine": a.engine.as_str(), "batch": w.batch, "context": w.context,
+            "params": spec.param_count(), "setup": setup, "train": t,
+            "total_bytes": t.total_bytes(), "weights_only_bytes": spec.param_count() * dtype.size_in_bytes(),
+            "rule_of_thumb": rule,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!(
+            "{}",
+            report::train_table(&spec.name(), dtype, w, &setup, &t, &rule)
+        );
+    }
+    Ok(())
+}
+
 fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
     let (mut spec, _) = load_model(Some(&a.model), a.revision.as_deref(), false, true)?;
     if let Some(m) = a.max_position {
@@ -486,6 +555,9 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
         decode_steps: a.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
+    if a.mode == ModeArg::Train {
+        return run_estimate_train(&a, &spec, dtype, w);
+    }
     let backend = match a.device {
         DeviceArg::Cpu => Backend::Cpu,
         DeviceArg::Cuda => Backend::Cuda,

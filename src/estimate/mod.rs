@@ -11,6 +11,7 @@ pub mod cuda;
 pub mod fit;
 pub mod gpus;
 pub mod hf;
+pub mod train;
 
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;

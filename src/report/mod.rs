@@ -218,6 +218,55 @@ pub fn rule_of_thumb_lines(e: &Estimate, process_bytes: Option<u64>) -> String {
     out
 }
 
+/// A training estimate.
+pub fn train_table(
+    model: &str,
+    dtype: crate::spec::DType,
+    w: crate::estimate::Workload,
+    setup: &crate::estimate::train::TrainSetup,
+    t: &crate::estimate::train::TrainEstimate,
+    rule: &crate::estimate::RuleOfThumb,
+) -> String {
+    let mut out = String::new();
+    let lora = setup.lora.as_ref().map_or_else(
+        || "full fine-tune".to_string(),
+        |l| format!("LoRA rank {} on {:?}", l.rank, l.targets),
+    );
+    let _ = writeln!(
+        out,
+        "{model} in {dtype}, training step of batch {} x context {}: {lora}, {:?}, checkpointing {:?}, quant {:?}, ZeRO {} over {} GPU(s)",
+        w.batch, w.context, setup.optimizer, setup.checkpointing, setup.quant, setup.zero, setup.gpus
+    );
+    let _ = writeln!(out, "trainable parameters  {}", grouped(t.trainable_params));
+    for (name, v) in [
+        ("weights", t.weights_bytes),
+        ("gradients", t.gradients_bytes),
+        ("optimizer states", t.optimizer_states_bytes),
+        ("activations", t.activations_bytes),
+        ("logits and loss", t.logits_bytes),
+        ("peak: forward end", t.forward_peak_bytes),
+        ("peak: backward", t.backward_peak_bytes),
+        ("peak: optimizer step", t.step_peak_bytes),
+    ] {
+        let _ = writeln!(out, "{name:<22} {:>12}", bytes(v));
+    }
+    let total = t.total_bytes();
+    let _ = writeln!(
+        out,
+        "\npeak per GPU: {} bytes = {} ({:.2} GB) (tensors; add the CUDA context and libraries, ~680 MiB)",
+        grouped(total),
+        bytes(total),
+        total as f64 / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "rule of thumb for training (2-3x the inference rule): {} to {}",
+        bytes(rule.training_low_bytes),
+        bytes(rule.training_high_bytes)
+    );
+    out
+}
+
 /// The GPU catalogue as a table.
 pub fn gpus_table(cat: &[crate::estimate::gpus::GpuModel]) -> String {
     let mut out = String::new();

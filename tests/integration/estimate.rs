@@ -297,3 +297,61 @@ fn quantization_flags() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("none, int8, int4"), "{}", stderr(&o));
 }
+
+/// `--mode train`: the seed says full fine-tuning of Llama-3-8B in BF16 needs 64-80 GB: true
+/// for pure-bf16 AdamW at a short context, not for mixed precision (fp32 master and moments).
+#[test]
+fn training_estimates() {
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "estimate",
+            "--model",
+            "models/meta-llama-3-8b-instruct",
+            "--mode",
+            "train",
+            "--context",
+            "512",
+            "--engine",
+            "flash",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = vramprobe(&args);
+        ok(&o);
+        let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["mode"], "train");
+        v["total_bytes"].as_u64().unwrap()
+    };
+    let bf16 = train(&["--optimizer", "adamw-bf16"]);
+    assert!((64_000_000_000..80_000_000_000).contains(&bf16), "{bf16}");
+    let mixed = train(&["--optimizer", "adamw"]);
+    assert!(mixed > 128_000_000_000, "{mixed}");
+    let qlora = train(&[
+        "--lora-rank",
+        "16",
+        "--lora-targets",
+        "q,k,v,o",
+        "--quant",
+        "int4",
+    ]);
+    assert!(qlora < 12_000_000_000, "{qlora}");
+    let zero3 = train(&["--optimizer", "adamw", "--zero", "3", "--gpus", "8"]);
+    assert!(zero3 < mixed / 4, "{zero3}");
+    for bad in [
+        &["--optimizer", "lion"][..],
+        &["--lora-targets", "mlp"],
+        &["--zero", "4"],
+        &["--lora-rank", "0"],
+    ] {
+        let mut args = vec![
+            "estimate",
+            "--model",
+            "models/meta-llama-3-8b-instruct",
+            "--mode",
+            "train",
+        ];
+        args.extend_from_slice(bad);
+        let o = vramprobe(&args);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+    }
+}
