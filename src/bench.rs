@@ -498,25 +498,9 @@ fn find_boundary(
         decode_steps: steps,
     };
     // Predicted: the largest context whose estimate fits in the free memory.
-    let predicted = {
-        let ok = |c: u64| estimated_process_bytes(opts, probes, workload(c)) <= capacity;
-        if !ok(2) {
-            None
-        } else if ok(limit) {
-            Some(limit)
-        } else {
-            let (mut lo, mut hi) = (2u64, limit);
-            while hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
-                if ok(mid) {
-                    lo = mid;
-                } else {
-                    hi = mid;
-                }
-            }
-            Some(lo)
-        }
-    };
+    let predicted = crate::estimate::fit::largest(2, limit, |c| {
+        estimated_process_bytes(opts, probes, workload(c)) <= capacity
+    });
     // Measured: start from the grid's results at this batch.
     let grid_fit = |c: u64| -> Option<bool> {
         let recs: Vec<PointRecord> = points

@@ -19,7 +19,7 @@
 //! - candle's CPU matmul widens bf16/f16 operands to f32 (whole storages) and narrows the
 //!   result; on CUDA the matmul runs in the model dtype.
 
-use super::{Backend, Breakdown, Component, Workload};
+use super::{Backend, Breakdown, Component, Replay, Workload};
 use crate::spec::{DType, ModelSpec};
 
 use Component::*;
@@ -30,39 +30,6 @@ const GEMM_KC: u64 = 256;
 const GEMM_MR: u64 = 16;
 /// Largest output width whose weight gemm prepacks per call (two cache blocks of rows).
 const GEMM_PREPACK_MAX: u64 = 4096;
-
-/// A replay of allocations: current bytes per component and the breakdown at the peak.
-struct Replay {
-    live: Breakdown,
-    total: u64,
-    peak_total: u64,
-    peak: Breakdown,
-}
-
-impl Replay {
-    fn new() -> Self {
-        Self {
-            live: Breakdown::default(),
-            total: 0,
-            peak_total: 0,
-            peak: Breakdown::default(),
-        }
-    }
-
-    fn alloc(&mut self, c: Component, bytes: u64) {
-        self.live.0[c as usize] += bytes;
-        self.total += bytes;
-        if self.total > self.peak_total {
-            self.peak_total = self.total;
-            self.peak = self.live;
-        }
-    }
-
-    fn free(&mut self, c: Component, bytes: u64) {
-        self.live.0[c as usize] -= bytes;
-        self.total -= bytes;
-    }
-}
 
 /// Sizes of one model in one dtype, in bytes unless named `_elems`.
 struct Dims {

@@ -130,7 +130,7 @@ pub fn tp_peak(q: &FitQuery<'_>, w: Workload, n: u64) -> u64 {
 }
 
 /// Largest `x` in `lo..=hi` with `ok(x)`, for a monotone `ok` (true then false).
-fn largest(lo: u64, hi: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
+pub fn largest(lo: u64, hi: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
     if lo > hi || !ok(lo) {
         return None;
     }

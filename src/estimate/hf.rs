@@ -22,42 +22,10 @@
 //! sum, the MLP keeps `act(gate)`, `up` and their product, and only the last token's logits
 //! are computed (`logits_to_keep=1`, model dtype).
 
-use super::{Breakdown, Component, Workload};
+use super::{Breakdown, Component, Replay, Workload};
 use crate::spec::{DType, ModelSpec};
 
 use Component::*;
-
-struct Replay {
-    live: Breakdown,
-    total: u64,
-    peak_total: u64,
-    peak: Breakdown,
-}
-
-impl Replay {
-    fn new() -> Self {
-        Self {
-            live: Breakdown::default(),
-            total: 0,
-            peak_total: 0,
-            peak: Breakdown::default(),
-        }
-    }
-
-    fn alloc(&mut self, c: Component, bytes: u64) {
-        self.live.0[c as usize] += bytes;
-        self.total += bytes;
-        if self.total > self.peak_total {
-            self.peak_total = self.total;
-            self.peak = self.live;
-        }
-    }
-
-    fn free(&mut self, c: Component, bytes: u64) {
-        self.live.0[c as usize] -= bytes;
-        self.total -= bytes;
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Attn {

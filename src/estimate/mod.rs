@@ -176,6 +176,40 @@ impl Component {
     }
 }
 
+/// A replay of allocations: current bytes per component and the breakdown at the peak
+/// (the engines' models replay a forward pass through it).
+pub(crate) struct Replay {
+    live: Breakdown,
+    total: u64,
+    peak_total: u64,
+    pub(crate) peak: Breakdown,
+}
+
+impl Replay {
+    pub(crate) fn new() -> Self {
+        Self {
+            live: Breakdown::default(),
+            total: 0,
+            peak_total: 0,
+            peak: Breakdown::default(),
+        }
+    }
+
+    pub(crate) fn alloc(&mut self, c: Component, bytes: u64) {
+        self.live.0[c as usize] += bytes;
+        self.total += bytes;
+        if self.total > self.peak_total {
+            self.peak_total = self.total;
+            self.peak = self.live;
+        }
+    }
+
+    pub(crate) fn free(&mut self, c: Component, bytes: u64) {
+        self.live.0[c as usize] -= bytes;
+        self.total -= bytes;
+    }
+}
+
 /// Bytes in use per component at a phase's peak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Breakdown(pub [u64; Component::ALL.len()]);
