@@ -37,6 +37,55 @@ pub enum Command {
     Fit(FitArgs),
 }
 
+/// What to estimate, and for training, how.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// `inference` (prefill + decode) or `train` (one optimizer step over batch x context).
+    #[arg(long, value_enum, default_value_t = ModeArg::Inference)]
+    pub mode: ModeArg,
+    /// Training: adamw (mixed precision, fp32 master and moments), adamw-bf16, adamw-8bit, sgd.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: crate::estimate::train::Optimizer,
+    /// Training: activation checkpointing none, selective (attention core), full.
+    #[arg(long, default_value = "none")]
+    pub checkpointing: crate::estimate::train::Checkpointing,
+    /// Training: LoRA rank (adapters only are trained; with --quant int4 this is QLoRA).
+    #[arg(long)]
+    pub lora_rank: Option<u64>,
+    /// Training: LoRA target modules, comma-separated (q, k, v, o, gate, up, down).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    pub lora_targets: Vec<crate::estimate::train::Target>,
+    /// Training: ZeRO stage 0-3 over --gpus.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub zero: u8,
+    /// Training: data-parallel GPUs the ZeRO stage shards over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub gpus: u64,
+}
+
+impl TrainArgs {
+    fn setup(
+        &self,
+        quant: crate::estimate::Quant,
+    ) -> anyhow::Result<crate::estimate::train::TrainSetup> {
+        use crate::estimate::train::{Lora, TrainSetup};
+        if self.lora_rank == Some(0) {
+            return Err(BadInput("--lora-rank 0: a rank must be at least 1".into()).into());
+        }
+        Ok(TrainSetup {
+            optimizer: self.optimizer,
+            checkpointing: self.checkpointing,
+            lora: self.lora_rank.map(|rank| Lora {
+                rank,
+                targets: self.lora_targets.clone(),
+            }),
+            quant,
+            zero: self.zero,
+            gpus: self.gpus,
+        })
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct GpusArgs {
     /// Print JSON instead of a table.
@@ -71,6 +120,8 @@ pub struct FitArgs {
     /// Engine: candle-eager, flash, hf-eager.
     #[arg(long, default_value = "candle-eager")]
     pub engine: EngineProfile,
+    #[command(flatten)]
+    pub train: TrainArgs,
     /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
     #[arg(long, default_value = "none")]
     pub quant: crate::estimate::Quant,
@@ -136,27 +187,8 @@ pub struct EstimateArgs {
     /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
     #[arg(long)]
     pub kv_dtype: Option<crate::estimate::KvDtype>,
-    /// `inference` (prefill + decode) or `train` (one optimizer step over batch x context).
-    #[arg(long, value_enum, default_value_t = ModeArg::Inference)]
-    pub mode: ModeArg,
-    /// Training: adamw (mixed precision, fp32 master and moments), adamw-bf16, adamw-8bit, sgd.
-    #[arg(long, default_value = "adamw")]
-    pub optimizer: crate::estimate::train::Optimizer,
-    /// Training: activation checkpointing none, selective (attention core), full.
-    #[arg(long, default_value = "none")]
-    pub checkpointing: crate::estimate::train::Checkpointing,
-    /// Training: LoRA rank (adapters only are trained; with --quant int4 this is QLoRA).
-    #[arg(long)]
-    pub lora_rank: Option<u64>,
-    /// Training: LoRA target modules, comma-separated (q, k, v, o, gate, up, down).
-    #[arg(long, value_delimiter = ',', default_value = "q,v")]
-    pub lora_targets: Vec<crate::estimate::train::Target>,
-    /// Training: ZeRO stage 0-3 over --gpus.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
-    pub zero: u8,
-    /// Training: data-parallel GPUs the ZeRO stage shards over.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub gpus: u64,
+    #[command(flatten)]
+    pub train: TrainArgs,
     /// Add the fit over the GPU catalogue (as `vramprobe fit`).
     #[arg(long)]
     pub fit: bool,
@@ -456,6 +488,46 @@ fn fit_results(
     Ok(list.into_iter().map(|g| fit::fit(&q, g)).collect())
 }
 
+fn run_fit_train(
+    a: &FitArgs,
+    spec: &ModelSpec,
+    dtype: DType,
+    w: Workload,
+    overheads: CudaOverheads,
+    source: &str,
+) -> anyhow::Result<()> {
+    use crate::estimate::{fit, gpus};
+    let q = fit::TrainFitQuery {
+        spec,
+        dtype,
+        engine: a.engine,
+        batch: w.batch,
+        context: w.context,
+        setup: a.train.setup(a.quant)?,
+        overheads,
+    };
+    let list: Vec<&'static gpus::GpuModel> = match a.gpu.as_deref() {
+        None => gpus::CATALOGUE.iter().collect(),
+        Some(name) => vec![gpus::find(name)
+            .ok_or_else(|| BadInput(format!("--gpu {name}: not one GPU of the catalogue")))?],
+    };
+    let fits: Vec<fit::GpuFit> = list.into_iter().map(|g| fit::fit_train(&q, g)).collect();
+    if a.json {
+        let v = json!({
+            "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(), "mode": "train",
+            "setup": q.setup, "batch": w.batch, "context": w.context,
+            "overheads": overheads, "overheads_source": source, "fit": fits,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!(
+            "{}",
+            report::fit_table(&spec.name(), dtype, a.engine, w, &fits)
+        );
+    }
+    Ok(())
+}
+
 fn run_fit(a: FitArgs) -> anyhow::Result<()> {
     let (spec, _) = load_model(Some(&a.model), a.revision.as_deref(), false, true)?;
     let dtype = a.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
@@ -471,6 +543,9 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
     }
     .workloads(&spec)?[0];
     let (overheads, source) = load_overheads(a.calibration.as_deref())?;
+    if a.train.mode == ModeArg::Train {
+        return run_fit_train(&a, &spec, dtype, w, overheads, &source);
+    }
     let fits = fit_results(
         &spec,
         dtype,
@@ -503,21 +578,8 @@ fn run_estimate_train(
     dtype: DType,
     w: Workload,
 ) -> anyhow::Result<()> {
-    use crate::estimate::train::{estimate_train, Lora, TrainSetup};
-    let setup = TrainSetup {
-        optimizer: a.optimizer,
-        checkpointing: a.checkpointing,
-        lora: a.lora_rank.map(|rank| Lora {
-            rank,
-            targets: a.lora_targets.clone(),
-        }),
-        quant: a.quant,
-        zero: a.zero,
-        gpus: a.gpus,
-    };
-    if setup.lora.as_ref().is_some_and(|l| l.rank == 0) {
-        return Err(BadInput("--lora-rank 0: a rank must be at least 1".into()).into());
-    }
+    use crate::estimate::train::estimate_train;
+    let setup = a.train.setup(a.quant)?;
     let t = estimate_train(spec, dtype, a.engine, w.batch, w.context, &setup);
     let rule = crate::estimate::rule_of_thumb(spec.param_count());
     if a.json {
@@ -555,7 +617,7 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
         decode_steps: a.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
-    if a.mode == ModeArg::Train {
+    if a.train.mode == ModeArg::Train {
         return run_estimate_train(&a, &spec, dtype, w);
     }
     let backend = match a.device {

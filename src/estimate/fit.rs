@@ -50,6 +50,9 @@ pub struct GpuFit {
     /// with tensor parallelism, and what each then needs.
     pub tp_gpus: Option<u64>,
     pub tp_bytes_per_gpu: Option<u64>,
+    /// How `tp_gpus` splits the work: `tensor` (inference) or `zero-3` (training: weights,
+    /// gradients and optimizer states sharded over data-parallel GPUs).
+    pub parallelism: &'static str,
     pub bf16: bool,
 }
 
@@ -185,6 +188,64 @@ pub fn fit(q: &FitQuery<'_>, gpu: &'static GpuModel) -> GpuFit {
         max_context,
         tp_gpus: tp.map(|t| t.0),
         tp_bytes_per_gpu: tp.map(|t| t.1),
+        parallelism: "tensor",
+        bf16: gpu.bf16(),
+    }
+}
+
+/// A training step to fit: [`super::train::estimate_train`] plus each GPU's context and
+/// libraries.
+#[derive(Debug, Clone)]
+pub struct TrainFitQuery<'a> {
+    pub spec: &'a ModelSpec,
+    pub dtype: DType,
+    pub engine: EngineProfile,
+    pub batch: u64,
+    pub context: u64,
+    pub setup: super::train::TrainSetup,
+    pub overheads: CudaOverheads,
+}
+
+impl TrainFitQuery<'_> {
+    fn need(&self, batch: u64, context: u64, setup: &super::train::TrainSetup) -> u64 {
+        super::train::estimate_train(self.spec, self.dtype, self.engine, batch, context, setup)
+            .total_bytes()
+            + self.overheads.context_bytes
+            + self.overheads.libraries_bytes
+    }
+}
+
+/// Fit a training step on one GPU; the GPU count is the fewest data-parallel GPUs (a power
+/// of two) over which ZeRO-3 makes one GPU's share fit.
+pub fn fit_train(q: &TrainFitQuery<'_>, gpu: &'static GpuModel) -> GpuFit {
+    let usable = gpu.usable_bytes();
+    let needed = q.need(q.batch, q.context, &q.setup);
+    let max_batch = largest(1, MAX_BATCH, |b| q.need(b, q.context, &q.setup) <= usable);
+    let max_context = largest(2, q.spec.max_position_embeddings.max(2), |c| {
+        q.need(q.batch, c, &q.setup) <= usable
+    });
+    let zero = (0..=10).map(|k| 1u64 << k).find_map(|n| {
+        let setup = super::train::TrainSetup {
+            zero: if n == 1 { q.setup.zero } else { 3 },
+            gpus: n,
+            ..q.setup.clone()
+        };
+        let per = q.need(q.batch, q.context, &setup);
+        (per <= usable).then_some((n, per))
+    });
+    GpuFit {
+        gpu: gpu.id,
+        name: gpu.name,
+        memory_bytes: gpu.memory_bytes,
+        usable_bytes: usable,
+        needed_bytes: needed,
+        fits: needed <= usable,
+        headroom_bytes: usable as i64 - needed as i64,
+        max_batch,
+        max_context,
+        tp_gpus: zero.map(|z| z.0),
+        tp_bytes_per_gpu: zero.map(|z| z.1),
+        parallelism: "zero-3",
         bf16: gpu.bf16(),
     }
 }

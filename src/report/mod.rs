@@ -301,18 +301,30 @@ pub fn fit_table(
     fits: &[crate::estimate::fit::GpuFit],
 ) -> String {
     let mut out = String::new();
+    let train = fits.first().is_some_and(|f| f.parallelism == "zero-3");
+    let what = if train {
+        "training step".to_string()
+    } else {
+        format!("+{} decode steps", w.decode_steps)
+    };
     let _ = writeln!(
         out,
-        "{model} in {dtype}, batch {} x context {} (+{} decode steps), engine {}, CUDA process peak:",
+        "{model} in {dtype}, batch {} x context {} ({what}), engine {}, CUDA process peak:",
         w.batch,
         w.context,
-        w.decode_steps,
         engine.as_str()
     );
     let _ = writeln!(
         out,
         "{:<12} {:>11} {:>11} {:>4} {:>12} {:>9} {:>11} {:>9}",
-        "gpu", "usable", "needs", "fits", "headroom", "max batch", "max context", "TP GPUs"
+        "gpu",
+        "usable",
+        "needs",
+        "fits",
+        "headroom",
+        "max batch",
+        "max context",
+        if train { "ZeRO-3 GPUs" } else { "TP GPUs" }
     );
     for f in fits {
         let head = if f.headroom_bytes >= 0 {
@@ -341,8 +353,14 @@ pub fn fit_table(
     }
     let _ = writeln!(
         out,
-        "max batch at this context, max context at this batch; TP GPUs: fewest GPUs with tensor \
-         parallelism (weights, KV and attention split; context and libraries per GPU)"
+        "{}",
+        if train {
+            "training step; max batch at this context, max context at this batch; ZeRO-3 GPUs: \
+             fewest data-parallel GPUs whose shard of weights, gradients and states fits"
+        } else {
+            "max batch at this context, max context at this batch; TP GPUs: fewest GPUs with \
+             tensor parallelism (weights, KV and attention split; context and libraries per GPU)"
+        }
     );
     out
 }

@@ -355,3 +355,31 @@ fn training_estimates() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
     }
 }
+
+/// `fit --mode train`: a full fine-tune of Llama-3-8B with mixed-precision AdamW fits no
+/// single 80 GB card, one H200 or B200, and two H100s with ZeRO-3.
+#[test]
+fn fit_a_training_step() {
+    let o = vramprobe(&[
+        "fit",
+        "--model",
+        "models/meta-llama-3-8b-instruct",
+        "--mode",
+        "train",
+        "--context",
+        "2048",
+        "--engine",
+        "flash",
+        "--json",
+    ]);
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["mode"], "train");
+    let fits = v["fit"].as_array().unwrap();
+    let by = |id: &str| fits.iter().find(|f| f["gpu"] == id).unwrap().clone();
+    assert_eq!(by("h100-sxm")["fits"], false);
+    assert_eq!(by("h100-sxm")["tp_gpus"], 2);
+    assert_eq!(by("h100-sxm")["parallelism"], "zero-3");
+    assert_eq!(by("h200")["fits"], true);
+    assert_eq!(by("b200")["fits"], true);
+}
