@@ -22,7 +22,9 @@ use crate::spec::{DType, ModelSpec};
 use crate::store::{self, Environment, GpuRun, PointRecord, RunDir, RunInfo, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Errors of a bench run.
@@ -37,7 +39,20 @@ pub enum BenchError {
     /// A combination of options that cannot work (e.g. a boundary search on the CPU).
     #[error("{0}")]
     Options(String),
+    /// Stopped by a signal between two points; everything measured is stored.
+    #[error(
+        "interrupted: {stored} of {total} points stored in {dir}; measure the rest with \
+         `vramprobe bench --resume {dir}`"
+    )]
+    Interrupted {
+        stored: usize,
+        total: usize,
+        dir: String,
+    },
 }
+
+/// (batch, context, phase) of the grid points already stored.
+type Done = BTreeSet<(u64, u64, String)>;
 
 /// What to bench.
 #[derive(Debug, Clone)]
@@ -59,6 +74,13 @@ pub struct BenchOptions {
     /// of the free memory is taken by a ballast allocation outside the pool, and subtracted
     /// from NVML's figures.
     pub memory_limit: Option<u64>,
+    /// The options as given, recorded in run.json for `--resume`.
+    pub settings: Option<store::BenchSettings>,
+    /// Append to the existing run in `out` (same grid and settings), measuring only the
+    /// phases it lacks.
+    pub resume: bool,
+    /// Set (by SIGINT/SIGTERM) to stop after the point being measured.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// The largest context whose prefill candle 0.11 can run on CUDA at batch `b`: its CUDA
@@ -132,7 +154,17 @@ pub fn run(
             "--memory-limit needs a GPU (--device cuda)".into(),
         ));
     }
-    let mut dir = RunDir::create(&opts.out)?;
+    let (mut dir, done) = if opts.resume {
+        let (dir, stored) = RunDir::reopen(&opts.out)?;
+        let done: Done = stored
+            .iter()
+            .filter(|p| p.stage == "grid")
+            .map(|p| (p.batch, p.context, p.phase.clone()))
+            .collect();
+        (dir, done)
+    } else {
+        (RunDir::create(&opts.out)?, Done::new())
+    };
     match opts.device {
         DeviceKind::Cpu => {
             let accel = Arc::new(Accel::open(DeviceKind::Cpu)?);
@@ -144,7 +176,7 @@ pub fn run(
                 accel,
                 &HostAllocProbe,
             )?;
-            let info = run_info(opts, &runner, "cpu".into(), None);
+            let info = resumed(opts, run_info(opts, &runner, "cpu".into(), None))?;
             dir.write_info(&info)?;
             let probes = Probes {
                 list: vec![&HostAllocProbe],
@@ -160,11 +192,12 @@ pub fn run(
                 &runner,
                 &probes,
                 &workloads,
+                &done,
                 &mut dir,
                 &mut on_point,
             )
         }
-        DeviceKind::Cuda(i) => run_cuda(opts, i, &workloads, &mut dir, &mut on_point),
+        DeviceKind::Cuda(i) => run_cuda(opts, i, &workloads, &done, &mut dir, &mut on_point),
     }
 }
 
@@ -173,6 +206,7 @@ fn run_cuda(
     _opts: &BenchOptions,
     i: usize,
     _workloads: &[Workload],
+    _done: &Done,
     _dir: &mut RunDir,
     _on_point: &mut impl FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
@@ -184,6 +218,7 @@ fn run_cuda(
     opts: &BenchOptions,
     index: usize,
     workloads: &[Workload],
+    done: &Done,
     dir: &mut RunDir,
     on_point: &mut impl FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
@@ -270,7 +305,7 @@ fn run_cuda(
     let device_name = info_gpu
         .as_ref()
         .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone());
-    let mut info = run_info(opts, &runner, device_name, Some(gpu_run));
+    let mut info = resumed(opts, run_info(opts, &runner, device_name, Some(gpu_run)))?;
     dir.write_info(&info)?;
     let overheads = CudaOverheads {
         context_bytes: after_context,
@@ -297,7 +332,9 @@ fn run_cuda(
         device_before: before_mem.map_or(0, |m| m.used),
         ballast: ballast_bytes,
     };
-    let mut points = sweep(opts, &info, &runner, &probes, workloads, dir, on_point)?;
+    let mut points = sweep(
+        opts, &info, &runner, &probes, workloads, done, dir, on_point,
+    )?;
 
     if let Some(step) = opts.find_boundary {
         let capacity = opts
@@ -356,6 +393,17 @@ fn write_calibration(dir: &RunDir, info: &RunInfo, o: &CudaOverheads) -> Result<
     write_json(dir, "calibration.json", &v)
 }
 
+/// For a resumed run: the original start time, and this resumption added to the list.
+fn resumed(opts: &BenchOptions, mut info: RunInfo) -> Result<RunInfo, StoreError> {
+    if opts.resume {
+        let old = RunDir::read_info(&opts.out)?;
+        info.resumed_at = old.resumed_at;
+        info.resumed_at
+            .push(std::mem::replace(&mut info.started_at, old.started_at));
+    }
+    Ok(info)
+}
+
 fn run_info(opts: &BenchOptions, runner: &Runner, device: String, gpu: Option<GpuRun>) -> RunInfo {
     RunInfo {
         schema_version: 1,
@@ -373,22 +421,48 @@ fn run_info(opts: &BenchOptions, runner: &Runner, device: String, gpu: Option<Gp
         measured_weights_bytes: runner.weights_bytes,
         warmup_residue_bytes: runner.warmup_residue_bytes,
         gpu,
+        settings: opts.settings.clone(),
+        resumed_at: Vec::new(),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sweep(
     opts: &BenchOptions,
     info: &RunInfo,
     runner: &Runner,
     probes: &Probes<'_>,
     workloads: &[Workload],
+    done: &Done,
     dir: &mut RunDir,
     on_point: &mut impl FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
     let mut points = Vec::with_capacity(workloads.len() * 2);
-    for &w in workloads {
+    let phases = [Phase::Prefill, Phase::Decode];
+    let is_done =
+        |w: &Workload, p: Phase| done.contains(&(w.batch, w.context, p.as_str().to_string()));
+    for (i, &w) in workloads.iter().enumerate() {
+        if phases.iter().all(|&p| is_done(&w, p)) {
+            continue; // stored by the run being resumed
+        }
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            let total = workloads.len() * 2;
+            let remaining: usize = workloads[i..]
+                .iter()
+                .map(|w| phases.iter().filter(|&&p| !is_done(w, p)).count())
+                .sum();
+            return Err(BenchError::Interrupted {
+                stored: total - remaining,
+                total,
+                dir: dir.path().display().to_string(),
+            });
+        }
         let recs = measure(opts, info, runner, probes, w, "grid")?;
         for rec in recs {
+            // A resumed run may hold one phase of this point already: never store it twice.
+            if done.contains(&(rec.batch, rec.context, rec.phase.clone())) {
+                continue;
+            }
             dir.append(&rec)?;
             on_point(&rec);
             points.push(rec);

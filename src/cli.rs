@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// How much memory does this LLM really need? Estimates from config.json, checked
 /// against real forward passes.
@@ -256,6 +258,10 @@ pub struct BenchArgs {
     /// positions; contexts beyond it cannot run).
     #[arg(long)]
     pub max_position: Option<u64>,
+    /// Continue the run in this directory: the same model, grid and settings (read from its
+    /// run.json), measuring only the points it lacks.
+    #[arg(long, conflicts_with_all = ["model", "out", "batch", "context", "weights", "dtype", "device"])]
+    pub resume: Option<PathBuf>,
     /// Fail (exit 1) if any point's |error| exceeds this ratio (0.02 = 2%), for the total
     /// peak or for the part above the weights.
     #[arg(long, value_parser = parse_ratio)]
@@ -302,6 +308,9 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 /// Exit code for bad input (a config, a flag, an existing run directory).
 pub const EXIT_BAD_INPUT: u8 = 2;
 
+/// Exit code after SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
 /// A combination of flags that cannot work, found before anything runs.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -322,6 +331,14 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<BenchError>(),
+                    Some(BenchError::Interrupted { .. })
+                )
+            }) {
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
             if is_bad_input(&e) {
                 ExitCode::from(EXIT_BAD_INPUT)
             } else {
@@ -702,7 +719,78 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bench arguments a stored run was made with (`--resume DIR`).
+fn resume_args(a: &BenchArgs, dir: &Path) -> anyhow::Result<BenchArgs> {
+    for f in ["run.json", "points.jsonl"] {
+        if !dir.join(f).is_file() {
+            return Err(BadInput(format!(
+                "--resume {}: no {f} there: not a vramprobe run directory",
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    let info = store::RunDir::read_info(dir)?;
+    let s = info.settings.ok_or_else(|| {
+        BadInput(format!(
+            "{}: run.json has no `settings` (written by an older vramprobe): it cannot be resumed",
+            dir.join("run.json").display()
+        ))
+    })?;
+    let dtype: DType = s.dtype.parse().map_err(|e: String| {
+        BadInput(format!(
+            "{}: settings.dtype: {e}",
+            dir.join("run.json").display()
+        ))
+    })?;
+    Ok(BenchArgs {
+        model: s.model.map(PathBuf::from),
+        revision: s.revision,
+        quiet: a.quiet,
+        dtype,
+        batch: info.grid.batches,
+        context: info.grid.contexts,
+        decode_steps: info.grid.decode_steps,
+        weights: Some(s.weights),
+        seed: s.seed,
+        out: Some(dir.to_path_buf()),
+        json: a.json,
+        device: if s.device == "cuda" {
+            DeviceArg::Cuda
+        } else {
+            DeviceArg::Cpu
+        },
+        nvml_hz: s.nvml_hz,
+        find_boundary: s.find_boundary.is_some(),
+        boundary_step: s.find_boundary.unwrap_or(128),
+        memory_limit: s.memory_limit,
+        max_position: s.max_position,
+        max_error: a.max_error,
+        resume: None,
+    })
+}
+
+/// SIGINT and SIGTERM set the flag (the sweep stops after the current point); a second
+/// one ends the process at once.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            EXIT_INTERRUPTED.into(),
+            stop.clone(),
+        )?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let (a, resume) = match &a.resume {
+        Some(dir) => (resume_args(&a, dir)?, true),
+        None => (a, false),
+    };
     let is_hub = matches!(model_ref(a.model.as_deref()), ModelRef::Hub(_));
     let weights_arg = a
         .weights
@@ -727,6 +815,21 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         ("synthetic", _) => WeightsSource::Synthetic { seed: a.seed },
         ("download", Some(dir)) => WeightsSource::Local(dir),
         (other, _) => WeightsSource::Local(PathBuf::from(other)),
+    };
+    let settings = store::BenchSettings {
+        model: a.model.as_ref().map(|p| p.display().to_string()),
+        revision: a.revision.clone(),
+        dtype: a.dtype.to_string(),
+        weights: weights_arg.clone(),
+        seed: a.seed,
+        device: match a.device {
+            DeviceArg::Cpu => "cpu".into(),
+            DeviceArg::Cuda => "cuda".into(),
+        },
+        nvml_hz: a.nvml_hz,
+        find_boundary: a.find_boundary.then_some(a.boundary_step),
+        memory_limit: a.memory_limit,
+        max_position: a.max_position,
     };
     let out = a.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
@@ -753,6 +856,9 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         nvml_hz: a.nvml_hz,
         find_boundary: a.find_boundary.then_some(a.boundary_step),
         memory_limit: a.memory_limit,
+        settings: Some(settings),
+        resume,
+        stop: Some(stop_flag()?),
     };
     let points = bench::run(&opts, |p| {
         tracing::info!(batch = p.batch, context = p.context, phase = %p.phase, error = p.error_ratio, "point stored");

@@ -99,6 +99,30 @@ pub struct RunInfo {
     /// On a GPU: the device and the measured baselines (absent on the CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuRun>,
+    /// The bench's options as given, so `bench --resume` can measure the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<BenchSettings>,
+    /// When the run was resumed, if it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed_at: Vec<String>,
+}
+
+/// The options of `bench` that decide what is measured (the grid is in [`RunInfo::grid`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BenchSettings {
+    /// `--model` as given (a path or a Hub id), or None for the built-in model.
+    pub model: Option<String>,
+    pub revision: Option<String>,
+    pub dtype: String,
+    /// `synthetic`, `download` or a directory.
+    pub weights: String,
+    pub seed: u64,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    pub nvml_hz: u32,
+    pub find_boundary: Option<u64>,
+    pub memory_limit: Option<u64>,
+    pub max_position: Option<u64>,
 }
 
 /// A GPU run's device and baselines, all measured in this run.
@@ -237,6 +261,52 @@ impl RunDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reopen a run directory to append to it: the points it holds are returned, and a torn
+    /// last line (a crash in the middle of a write) is cut off first, so that appending never
+    /// buries a broken line in the middle of the file.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`], and [`StoreError::Corrupt`] for a broken line that is not last.
+    pub fn reopen(path: &Path) -> Result<(Self, Vec<PointRecord>), StoreError> {
+        let points_path = path.join("points.jsonl");
+        let points = read_points(path)?;
+        let text = std::fs::read(&points_path).map_err(io(&points_path))?;
+        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if keep < text.len() {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&points_path)
+                .map_err(io(&points_path))?;
+            f.set_len(keep as u64).map_err(io(&points_path))?;
+            f.sync_all().map_err(io(&points_path))?;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&points_path)
+            .map_err(io(&points_path))?;
+        Ok((
+            Self {
+                path: path.to_path_buf(),
+                points: file,
+            },
+            points,
+        ))
+    }
+
+    /// Read `run.json`.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] and [`StoreError::Corrupt`].
+    pub fn read_info(path: &Path) -> Result<RunInfo, StoreError> {
+        let p = path.join("run.json");
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: p,
+            line: e.line(),
+            message: e.to_string(),
+        })
     }
 
     /// Write `run.json` (replacing it atomically).

@@ -340,3 +340,115 @@ fn max_position_lets_longer_contexts_run() {
     ok(&o);
     assert_eq!(read_points(&out2).len(), 2);
 }
+
+fn lines_of(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("points.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Start the default bench into `out`; wait until `n` points are stored.
+fn start_and_wait(out: &Path, n: usize) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_vramprobe"))
+        .args(["bench", "--out", path_str(out)])
+        .current_dir(root())
+        .env_remove("VRAMPROBE_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while lines_of(out).len() < n {
+        assert!(start.elapsed().as_secs() < 120, "no {n} points after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
+}
+
+fn assert_complete_grid(out: &Path) {
+    let lines = lines_of(out);
+    assert_eq!(lines.len(), 24, "{lines:#?}");
+    let mut seen = BTreeSet::new();
+    for l in &lines {
+        let p: Value = serde_json::from_str(l).unwrap();
+        let key = (
+            p["batch"].as_u64().unwrap(),
+            p["context"].as_u64().unwrap(),
+            p["phase"].as_str().unwrap().to_string(),
+        );
+        assert!(seen.insert(key.clone()), "{key:?} stored twice");
+    }
+}
+
+/// SIGKILL in the middle of a sweep (and a torn line from it): every completed point is
+/// intact, and `--resume` measures only the missing ones, never one twice.
+#[test]
+fn killed_sweep_resumes_without_losing_or_repeating_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut child = start_and_wait(&out, 6);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = lines_of(&out);
+    assert!(before.len() >= 6 && before.len() < 24, "{}", before.len());
+    for l in &before {
+        serde_json::from_str::<Value>(l).unwrap();
+    }
+    // A crash in the middle of a write leaves a torn last line.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out.join("points.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"model\":\"vramprobe-tiny-ll").unwrap();
+    drop(f);
+
+    let o = vramprobe(&["bench", "--resume", path_str(&out), "--max-error", "0.02"]);
+    ok(&o);
+    assert_complete_grid(&out);
+    let after = lines_of(&out);
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "stored points were rewritten"
+    );
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["resumed_at"].as_array().unwrap().len(), 1);
+
+    // Resuming a complete run measures nothing.
+    let o = vramprobe(&["bench", "--resume", path_str(&out)]);
+    ok(&o);
+    assert_eq!(lines_of(&out), after);
+    // Not a run directory: bad input.
+    let o = vramprobe(&["bench", "--resume", path_str(dir.path())]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// SIGINT stops the sweep after the point being measured, with everything written, exit
+/// 130 and a hint to resume.
+#[test]
+fn sigint_stops_after_the_current_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let child = start_and_wait(&out, 2);
+    let pid = child.id().to_string();
+    let k = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(k.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    let lines = lines_of(&out);
+    assert!(lines.len() % 2 == 0 && lines.len() < 24, "{}", lines.len());
+    for l in &lines {
+        serde_json::from_str::<Value>(l).unwrap();
+    }
+    let o = vramprobe(&["bench", "--resume", path_str(&out)]);
+    ok(&o);
+    assert_complete_grid(&out);
+}
