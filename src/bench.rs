@@ -809,6 +809,8 @@ mod tests {
             measured_weights_bytes: est.weights_bytes,
             warmup_residue_bytes: 1 << 20,
             gpu: None,
+            settings: None,
+            resumed_at: Vec::new(),
         };
         (spec, info, est, w)
     }
