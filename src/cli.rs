@@ -482,7 +482,7 @@ fn fit_results(
     overheads: CudaOverheads,
     only: Option<&str>,
 ) -> anyhow::Result<Vec<crate::estimate::fit::GpuFit>> {
-    use crate::estimate::{fit, gpus};
+    use crate::estimate::fit;
     let q = fit::FitQuery {
         spec,
         dtype,
@@ -492,7 +492,18 @@ fn fit_results(
         quant,
         kv_dtype,
     };
-    let list: Vec<&'static gpus::GpuModel> = match only {
+    Ok(select_gpus(only)?
+        .into_iter()
+        .map(|g| fit::fit(&q, g))
+        .collect())
+}
+
+/// The catalogue, or the one GPU `--gpu` names.
+fn select_gpus(
+    only: Option<&str>,
+) -> anyhow::Result<Vec<&'static crate::estimate::gpus::GpuModel>> {
+    use crate::estimate::gpus;
+    Ok(match only {
         None => gpus::CATALOGUE.iter().collect(),
         Some(name) => vec![gpus::find(name).ok_or_else(|| {
             let ids: Vec<&str> = gpus::CATALOGUE.iter().map(|g| g.id).collect();
@@ -501,8 +512,29 @@ fn fit_results(
                 ids.join(", ")
             ))
         })?],
-    };
-    Ok(list.into_iter().map(|g| fit::fit(&q, g)).collect())
+    })
+}
+
+/// Print a fit: `v` (the JSON without the fit) gets `fit` added, or the table.
+fn print_fit(
+    json_out: bool,
+    mut v: serde_json::Value,
+    spec: &ModelSpec,
+    dtype: DType,
+    engine: EngineProfile,
+    w: Workload,
+    fits: &[crate::estimate::fit::GpuFit],
+) -> anyhow::Result<()> {
+    if json_out {
+        v["fit"] = json!(fits);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!(
+            "{}",
+            report::fit_table(&spec.name(), dtype, engine, w, fits)
+        );
+    }
+    Ok(())
 }
 
 fn run_fit_train(
@@ -513,7 +545,7 @@ fn run_fit_train(
     overheads: CudaOverheads,
     source: &str,
 ) -> anyhow::Result<()> {
-    use crate::estimate::{fit, gpus};
+    use crate::estimate::fit;
     let q = fit::TrainFitQuery {
         spec,
         dtype,
@@ -523,26 +555,16 @@ fn run_fit_train(
         setup: a.train.setup(a.quant)?,
         overheads,
     };
-    let list: Vec<&'static gpus::GpuModel> = match a.gpu.as_deref() {
-        None => gpus::CATALOGUE.iter().collect(),
-        Some(name) => vec![gpus::find(name)
-            .ok_or_else(|| BadInput(format!("--gpu {name}: not one GPU of the catalogue")))?],
-    };
-    let fits: Vec<fit::GpuFit> = list.into_iter().map(|g| fit::fit_train(&q, g)).collect();
-    if a.json {
-        let v = json!({
-            "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(), "mode": "train",
-            "setup": q.setup, "batch": w.batch, "context": w.context,
-            "overheads": overheads, "overheads_source": source, "fit": fits,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print!(
-            "{}",
-            report::fit_table(&spec.name(), dtype, a.engine, w, &fits)
-        );
-    }
-    Ok(())
+    let fits: Vec<fit::GpuFit> = select_gpus(a.gpu.as_deref())?
+        .into_iter()
+        .map(|g| fit::fit_train(&q, g))
+        .collect();
+    let v = json!({
+        "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(), "mode": "train",
+        "setup": q.setup, "batch": w.batch, "context": w.context,
+        "overheads": overheads, "overheads_source": source,
+    });
+    print_fit(a.json, v, spec, dtype, a.engine, w, &fits)
 }
 
 fn run_fit(a: FitArgs) -> anyhow::Result<()> {
@@ -573,20 +595,12 @@ fn run_fit(a: FitArgs) -> anyhow::Result<()> {
         overheads,
         a.gpu.as_deref(),
     )?;
-    if a.json {
-        let v = json!({
-            "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(),
-            "batch": w.batch, "context": w.context, "decode_steps": w.decode_steps,
-            "overheads": overheads, "overheads_source": source, "fit": fits,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print!(
-            "{}",
-            report::fit_table(&spec.name(), dtype, a.engine, w, &fits)
-        );
-    }
-    Ok(())
+    let v = json!({
+        "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(), "mode": "inference",
+        "batch": w.batch, "context": w.context, "decode_steps": w.decode_steps,
+        "overheads": overheads, "overheads_source": source,
+    });
+    print_fit(a.json, v, &spec, dtype, a.engine, w, &fits)
 }
 
 fn run_estimate_train(

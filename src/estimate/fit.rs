@@ -176,6 +176,18 @@ pub fn fit(q: &FitQuery<'_>, gpu: &'static GpuModel) -> GpuFit {
         .filter(|n| heads % n == 0)
         .map(|n| (n, tp_peak(q, w, n)))
         .find(|&(_, per)| per <= usable);
+    gpu_fit(gpu, needed, (max_batch, max_context), tp, "tensor")
+}
+
+/// The answer for one GPU from what was searched.
+fn gpu_fit(
+    gpu: &'static GpuModel,
+    needed: u64,
+    (max_batch, max_context): (Option<u64>, Option<u64>),
+    split: Option<(u64, u64)>,
+    parallelism: &'static str,
+) -> GpuFit {
+    let usable = gpu.usable_bytes();
     GpuFit {
         gpu: gpu.id,
         name: gpu.name,
@@ -186,9 +198,9 @@ pub fn fit(q: &FitQuery<'_>, gpu: &'static GpuModel) -> GpuFit {
         headroom_bytes: usable as i64 - needed as i64,
         max_batch,
         max_context,
-        tp_gpus: tp.map(|t| t.0),
-        tp_bytes_per_gpu: tp.map(|t| t.1),
-        parallelism: "tensor",
+        tp_gpus: split.map(|t| t.0),
+        tp_bytes_per_gpu: split.map(|t| t.1),
+        parallelism,
         bf16: gpu.bf16(),
     }
 }
@@ -233,21 +245,7 @@ pub fn fit_train(q: &TrainFitQuery<'_>, gpu: &'static GpuModel) -> GpuFit {
         let per = q.need(q.batch, q.context, &setup);
         (per <= usable).then_some((n, per))
     });
-    GpuFit {
-        gpu: gpu.id,
-        name: gpu.name,
-        memory_bytes: gpu.memory_bytes,
-        usable_bytes: usable,
-        needed_bytes: needed,
-        fits: needed <= usable,
-        headroom_bytes: usable as i64 - needed as i64,
-        max_batch,
-        max_context,
-        tp_gpus: zero.map(|z| z.0),
-        tp_bytes_per_gpu: zero.map(|z| z.1),
-        parallelism: "zero-3",
-        bf16: gpu.bf16(),
-    }
+    gpu_fit(gpu, needed, (max_batch, max_context), zero, "zero-3")
 }
 
 #[cfg(test)]
