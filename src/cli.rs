@@ -618,6 +618,13 @@ fn run_estimate_train(
             "model": spec.name(), "config": spec.source, "mode": "train", "dtype": dtype,
             "engine": a.engine.as_str(), "batch": w.batch, "context": w.context,
             "params": spec.param_count(), "setup": setup, "train": t,
+            "weights_bytes": t.weights_bytes,
+            "kv_cache_bytes_per_token": crate::estimate::kv_cache_bytes_per_token(spec, dtype),
+            "components": {
+                "weights": t.weights_bytes, "gradients": t.gradients_bytes,
+                "optimizer_states": t.optimizer_states_bytes, "activations": t.activations_bytes,
+                "logits": t.logits_bytes,
+            },
             "total_bytes": t.total_bytes(), "weights_only_bytes": spec.param_count() * dtype.size_in_bytes(),
             "rule_of_thumb": rule,
         });
@@ -673,6 +680,7 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
             "weights_bytes": e.weights_bytes,
             "kv_cache_bytes_per_token": e.kv_cache_bytes_per_token,
             "engine": e.engine.as_str(),
+            "mode": "inference",
             "quant": a.quant,
             "kv_dtype": a.kv_dtype,
             "device": backend.as_str(),

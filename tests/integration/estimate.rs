@@ -12,6 +12,7 @@ fn llama3_8b_json_gives_the_three_numbers() {
     ok(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["params"], 8_030_261_248u64);
+    assert_eq!(v["mode"], "inference");
     assert_eq!(v["weights_bytes"], 16_060_522_496u64);
     assert_eq!(v["kv_cache_bytes_per_token"], 131_072u64);
     assert_eq!(
@@ -320,6 +321,15 @@ fn training_estimates() {
         ok(&o);
         let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
         assert_eq!(v["mode"], "train");
+        for field in [
+            "params",
+            "weights_bytes",
+            "kv_cache_bytes_per_token",
+            "components",
+        ] {
+            assert!(!v[field].is_null(), "{field} missing");
+        }
+        assert!(v["components"]["optimizer_states"].as_u64().is_some());
         v["total_bytes"].as_u64().unwrap()
     };
     let bf16 = train(&["--optimizer", "adamw-bf16"]);
