@@ -452,3 +452,21 @@ fn sigint_stops_after_the_current_point() {
     ok(&o);
     assert_complete_grid(&out);
 }
+
+/// An output directory that cannot be created or written is reported before any model is
+/// loaded or measured, naming the path.
+#[test]
+fn unwritable_output_is_found_before_measuring() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    for out in [file.join("run"), PathBuf::from("/proc/vramprobe-run")] {
+        let o = vramprobe(&["bench", "--out", path_str(&out)]);
+        assert_ne!(o.status.code(), Some(0));
+        let err = stderr(&o);
+        assert!(err.contains(path_str(&out)), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        // Nothing was measured: no model load, no sweep (the full grid takes seconds).
+        assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    }
+}

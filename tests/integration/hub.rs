@@ -295,9 +295,11 @@ fn downloads_from_a_hub_like_server_then_benches_and_works_offline() {
         "one line, not a stack: {err}"
     );
 
-    // 4. Gated with the token: works, and the token appears nowhere in the output.
+    // 4. Gated with the token: works, and the token appears nowhere in the output, not even
+    //    in the most verbose logs (every crate's, hf-hub's and reqwest's included).
     let mut with_token = env.to_vec();
     with_token.push(("HF_TOKEN", TOKEN));
+    with_token.push(("VRAMPROBE_LOG", "trace"));
     let run2 = out.path().join("gated");
     let o = run_with(
         &with_token,
@@ -316,12 +318,16 @@ fn downloads_from_a_hub_like_server_then_benches_and_works_offline() {
         ],
     );
     ok(&o);
-    for text in [
-        stdout(&o),
-        stderr(&o),
-        std::fs::read_to_string(run2.join("run.json")).unwrap(),
-        std::fs::read_to_string(run2.join("points.jsonl")).unwrap(),
-    ] {
+    assert!(
+        stderr(&o).contains("TRACE") || stderr(&o).contains("DEBUG"),
+        "verbose logs on"
+    );
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&run2).unwrap() {
+        files.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    assert!(files.len() >= 2, "run.json and points.jsonl");
+    for text in [stdout(&o), stderr(&o)].into_iter().chain(files) {
         assert!(!text.contains(TOKEN), "the token leaked: {text}");
     }
 
