@@ -37,6 +37,23 @@ pub enum Command {
     /// Which GPUs a model fits on at a batch and context, how far it stretches on each,
     /// and how many it needs with tensor parallelism.
     Fit(FitArgs),
+    /// Re-render the report of a stored run (report.md or report.json) from its files.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A run directory written by `bench`.
+    pub run_dir: PathBuf,
+    /// md (Markdown) or json.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Json,
 }
 
 /// What to estimate, and for training, how.
@@ -383,6 +400,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => run_bench(a),
         Command::Gpus(a) => run_gpus(a),
         Command::Fit(a) => run_fit(a),
+        Command::Report(a) => run_report(a),
     }
 }
 
@@ -565,6 +583,22 @@ fn run_fit_train(
         "overheads": overheads, "overheads_source": source,
     });
     print_fit(a.json, v, spec, dtype, a.engine, w, &fits)
+}
+
+fn run_report(a: ReportArgs) -> anyhow::Result<()> {
+    if !a.run_dir.join("run.json").is_file() {
+        return Err(BadInput(format!(
+            "{}: no run.json there: not a vramprobe run directory",
+            a.run_dir.display()
+        ))
+        .into());
+    }
+    let r = report::run_report::build(&a.run_dir)?;
+    match a.format {
+        ReportFormat::Md => print!("{}", report::run_report::markdown(&r)),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+    }
+    Ok(())
 }
 
 fn run_fit(a: FitArgs) -> anyhow::Result<()> {
@@ -892,6 +926,10 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         print!("{}", report::bench_table(&points));
         print!("{}", report::bench_summary(&points));
         println!("run written to {}", out.display());
+    }
+    let r = report::run_report::write(&out)?;
+    if !a.json {
+        println!("{}", r.headline);
     }
     if let Some(max) = a.max_error {
         let bad = bench::tolerance_violations(&points, max);

@@ -1,5 +1,7 @@
 //! Rendering results for people: byte units and the bench table.
 
+pub mod run_report;
+
 use crate::estimate::{Component, Estimate};
 use crate::store::PointRecord;
 use std::fmt::Write;

@@ -6,6 +6,7 @@ mod estimate;
 mod gpu_reports;
 mod hub;
 mod layering;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
