@@ -1,5 +1,5 @@
 //! Records the locked versions of the crates whose behaviour the estimate models, so
-//! every run says which candle it measured.
+//! every run says which candle it measured, and the git commit the binary was built from.
 
 fn main() {
     println!("cargo:rerun-if-changed=Cargo.lock");
@@ -19,4 +19,20 @@ fn main() {
             .unwrap_or("unknown");
         println!("cargo:rustc-env={var}={version}");
     }
+    // The commit the binary was built from ("unknown" outside a git checkout).
+    for watched in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(watched).exists() {
+            println!("cargo:rerun-if-changed={watched}");
+        }
+    }
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=VRAMPROBE_GIT_COMMIT={commit}");
 }

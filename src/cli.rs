@@ -16,6 +16,23 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+/// `print!` to stdout that never panics: when stdout is closed (`vramprobe ... | head`) the
+/// rest of the output is dropped and the command goes on (a bench still writes its report).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `println!` to stdout that never panics (see `out!`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// How much memory does this LLM really need? Estimates from config.json, checked
 /// against real forward passes.
 #[derive(Debug, Parser)]
@@ -37,15 +54,20 @@ pub enum Command {
     /// Which GPUs a model fits on at a batch and context, how far it stretches on each,
     /// and how many it needs with tensor parallelism.
     Fit(FitArgs),
-    /// Re-render the report of a stored run (report.md or report.json) from its files.
+    /// Re-render the report of a stored run (Markdown, HTML or JSON) from its files, or
+    /// compare two runs.
     Report(ReportArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// A run directory written by `bench`.
-    pub run_dir: PathBuf,
-    /// md (Markdown) or json.
+    #[arg(required_unless_present = "compare")]
+    pub run_dir: Option<PathBuf>,
+    /// What changed between two runs (two GPUs, two versions): B against A.
+    #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], conflicts_with = "run_dir")]
+    pub compare: Option<Vec<PathBuf>>,
+    /// md (Markdown), html (one self-contained page; not for --compare) or json.
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,
 }
@@ -53,6 +75,7 @@ pub struct ReportArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
     Md,
+    Html,
     Json,
 }
 
@@ -225,7 +248,8 @@ pub struct BenchArgs {
     /// Hub revision (branch, tag or commit) when --model is a model id.
     #[arg(long)]
     pub revision: Option<String>,
-    /// No download progress bar.
+    /// No progress bars (download and sweep); they are also off when stderr is not a
+    /// terminal.
     #[arg(long)]
     pub quiet: bool,
     /// Element type to load and run the model in.
@@ -482,9 +506,9 @@ fn run_gpus(a: GpusArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", report::gpus_table(cat));
+        out!("{}", report::gpus_table(cat));
     }
     Ok(())
 }
@@ -545,9 +569,9 @@ fn print_fit(
 ) -> anyhow::Result<()> {
     if json_out {
         v["fit"] = json!(fits);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!(
+        out!(
             "{}",
             report::fit_table(&spec.name(), dtype, engine, w, fits)
         );
@@ -585,18 +609,46 @@ fn run_fit_train(
     print_fit(a.json, v, spec, dtype, a.engine, w, &fits)
 }
 
-fn run_report(a: ReportArgs) -> anyhow::Result<()> {
-    if !a.run_dir.join("run.json").is_file() {
+/// A stored run's report, or a clear error when `dir` is not a run directory.
+fn stored_report(dir: &Path) -> anyhow::Result<report::run_report::Report> {
+    if !dir.join("run.json").is_file() {
         return Err(BadInput(format!(
             "{}: no run.json there: not a vramprobe run directory",
-            a.run_dir.display()
+            dir.display()
         ))
         .into());
     }
-    let r = report::run_report::build(&a.run_dir)?;
+    Ok(report::run_report::build(dir)?)
+}
+
+fn run_report(a: ReportArgs) -> anyhow::Result<()> {
+    if let Some([ra, rb]) = a.compare.as_deref() {
+        let c = report::compare::compare(
+            &ra.display().to_string(),
+            &stored_report(ra)?,
+            &rb.display().to_string(),
+            &stored_report(rb)?,
+        );
+        match a.format {
+            ReportFormat::Md => out!("{}", report::compare::markdown(&c)),
+            ReportFormat::Json => outln!("{}", serde_json::to_string_pretty(&c)?),
+            ReportFormat::Html => {
+                return Err(BadInput("--compare renders md or json, not html".to_string()).into())
+            }
+        }
+        return Ok(());
+    }
+    let Some(dir) = a.run_dir.as_deref() else {
+        return Err(BadInput("report: give a RUN_DIR or --compare RUN_A RUN_B".into()).into());
+    };
+    let r = stored_report(dir)?;
     match a.format {
-        ReportFormat::Md => print!("{}", report::run_report::markdown(&r)),
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        ReportFormat::Md => out!("{}", report::run_report::markdown(&r)),
+        ReportFormat::Json => outln!("{}", serde_json::to_string_pretty(&r)?),
+        ReportFormat::Html => {
+            let plots = report::plots::plots(&r)?;
+            out!("{}", report::html::html(&r, &plots));
+        }
     }
     Ok(())
 }
@@ -662,9 +714,9 @@ fn run_estimate_train(
             "total_bytes": t.total_bytes(), "weights_only_bytes": spec.param_count() * dtype.size_in_bytes(),
             "rule_of_thumb": rule,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!(
+        out!(
             "{}",
             report::train_table(&spec.name(), dtype, w, &setup, &t, &rule)
         );
@@ -743,19 +795,19 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
                 "overheads_source": overheads_source,
             });
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", report::estimate_table(&spec.name(), &e));
+        out!("{}", report::estimate_table(&spec.name(), &e));
         if let Some((p, d)) = &process {
-            print!("{}", report::process_table(p, d, &overheads_source));
+            out!("{}", report::process_table(p, d, &overheads_source));
             if a.engine != EngineProfile::CandleEager {
-                println!(
+                outln!(
                     "(the process terms are candle's; PyTorch's caching allocator holds more: \
                      on the H100 at batch 1 x 8192, eager 48.3 GiB in NVML for 36.5 GiB allocated)"
                 );
             }
         }
-        print!(
+        out!(
             "{}",
             report::rule_of_thumb_lines(
                 &e,
@@ -766,7 +818,7 @@ fn run_estimate(a: EstimateArgs) -> anyhow::Result<()> {
             let fits = fit_results(
                 &spec, dtype, a.engine, a.quant, a.kv_dtype, w, overheads, None,
             )?;
-            print!(
+            out!(
                 "\n{}",
                 report::fit_table(&spec.name(), dtype, a.engine, w, &fits)
             );
@@ -840,6 +892,26 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
         signal_hook::flag::register(sig, stop.clone())?;
     }
     Ok(stop)
+}
+
+/// The sweep's progress bar on stderr: points stored of the grid's, the last point's peak
+/// and error. Hidden with `--quiet` or when stderr is not a terminal.
+fn sweep_bar(quiet: bool, points: u64) -> indicatif::ProgressBar {
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(points);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:20}] {pos}/{len} points, {elapsed} (eta {eta}) {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("bench");
+    bar.set_message("loading the model and warming up");
+    bar.tick();
+    bar
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
@@ -916,20 +988,54 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         resume,
         stop: Some(stop_flag()?),
     };
+    let bar = sweep_bar(
+        a.quiet,
+        opts.grid
+            .workloads(&opts.spec)
+            .map_or(0, |w| w.len() as u64 * 2),
+    );
+    if resume {
+        // What the run being resumed already stored.
+        let stored = store::read_points(&out)
+            .map_or(0, |p| p.iter().filter(|p| p.stage == "grid").count() as u64);
+        bar.set_position(stored);
+    }
     let points = bench::run(&opts, |p| {
         tracing::info!(batch = p.batch, context = p.context, phase = %p.phase, error = p.error_ratio, "point stored");
-    })
-    .with_context(|| format!("bench into {}", out.display()))?;
+        // Drawn here, between points, from this thread: no ticker thread allocating while
+        // the CPU allocator is being measured.
+        if p.stage == "boundary" && bar.position() >= bar.length().unwrap_or(0) {
+            bar.inc_length(1);
+        }
+        bar.set_message(if p.status == "ok" {
+            format!(
+                "batch {} x {} {}: {} ({:+.2}%)",
+                p.batch,
+                p.context,
+                p.phase,
+                report::bytes(p.measured_peak_bytes),
+                p.error_ratio * 100.0
+            )
+        } else {
+            format!(
+                "batch {} x {} {}: {}",
+                p.batch, p.context, p.phase, p.status
+            )
+        });
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let points = points.with_context(|| format!("bench into {}", out.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&points)?);
+        outln!("{}", serde_json::to_string_pretty(&points)?);
     } else {
-        print!("{}", report::bench_table(&points));
-        print!("{}", report::bench_summary(&points));
-        println!("run written to {}", out.display());
+        out!("{}", report::bench_table(&points));
+        out!("{}", report::bench_summary(&points));
+        outln!("run written to {}", out.display());
     }
     let r = report::run_report::write(&out)?;
     if !a.json {
-        println!("{}", r.headline);
+        outln!("{}", r.headline);
     }
     if let Some(max) = a.max_error {
         let bad = bench::tolerance_violations(&points, max);

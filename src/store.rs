@@ -45,6 +45,9 @@ pub struct Environment {
     pub vramprobe_version: String,
     pub candle_version: String,
     pub candle_transformers_version: String,
+    /// The git commit vramprobe was built from (absent in runs made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
 }
 
 impl Environment {
@@ -72,6 +75,7 @@ impl Environment {
             vramprobe_version: env!("CARGO_PKG_VERSION").to_string(),
             candle_version: env!("VRAMPROBE_CANDLE_VERSION").to_string(),
             candle_transformers_version: env!("VRAMPROBE_CANDLE_TRANSFORMERS_VERSION").to_string(),
+            git_commit: Some(env!("VRAMPROBE_GIT_COMMIT").to_string()),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Rendering results for people: byte units and the bench table.
 
+pub mod compare;
+pub mod html;
+pub mod plots;
 pub mod run_report;
 
 use crate::estimate::{Component, Estimate};

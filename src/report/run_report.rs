@@ -135,29 +135,86 @@ fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
     )
 }
 
-/// `report.md`.
-pub fn markdown(r: &Report) -> String {
-    let mut out = String::new();
-    let run = &r.run;
-    let _ = writeln!(out, "# {}: memory, estimated and measured\n", run.model);
-    let _ = writeln!(out, "**{}**\n", r.headline);
+/// The rule of thumb against the largest measured peak, in one paragraph.
+pub(super) fn rule_sentence(r: &Report) -> String {
     let rt = &r.rule_of_thumb;
-    let _ = writeln!(out, "## The rule of thumb against the measurement\n");
-    let _ = writeln!(
-        out,
+    format!(
         "\"Weights x 2 bytes plus a few GB\" gives {} ({:.2} GB) for {} parameters. The largest \
          peak measured here was {} ({:.2} GB), at batch {} x {} tokens ({}): the rule of thumb is \
-         {} off.\n",
+         {} off.",
         bytes(rt.rule_of_thumb_bytes),
         rt.rule_of_thumb_bytes as f64 / 1e9,
-        super::grouped(run.params),
+        super::grouped(r.run.params),
         bytes(rt.measured_max_bytes),
         rt.measured_max_bytes as f64 / 1e9,
         rt.batch,
         rt.context,
         rt.phase,
         percent(rt.rule_error_ratio)
-    );
+    )
+}
+
+/// Where and how the run was made, as (what, value) lines: command, model, host, GPU,
+/// versions.
+pub(super) fn setup_facts(r: &Report) -> Vec<(&'static str, String)> {
+    let run = &r.run;
+    let env = &run.environment;
+    let mut facts = vec![
+        ("command", run.command.join(" ")),
+        (
+            "model",
+            format!(
+                "{} ({} parameters), {}, engine {}, weights {}",
+                run.model_config,
+                super::grouped(run.params),
+                run.dtype,
+                run.engine,
+                run.weights
+            ),
+        ),
+        (
+            "host",
+            format!(
+                "{}, {}, {} ({} cores)",
+                env.host, env.os, env.cpu, env.cpu_cores
+            ),
+        ),
+    ];
+    if let Some(g) = run.gpu.as_ref().and_then(|g| g.info.as_ref()) {
+        facts.push((
+            "GPU",
+            format!(
+                "{} ({}), driver {}, CUDA {}",
+                g.name,
+                bytes(g.memory_total_bytes),
+                g.driver_version,
+                g.cuda_driver_version
+            ),
+        ));
+    }
+    let commit = env
+        .git_commit
+        .as_deref()
+        .map(|c| format!(" (commit {c})"))
+        .unwrap_or_default();
+    facts.push((
+        "vramprobe",
+        format!(
+            "{}{commit}, candle {}, started {}",
+            env.vramprobe_version, env.candle_version, run.started_at
+        ),
+    ));
+    facts
+}
+
+/// `report.md`.
+pub fn markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let run = &r.run;
+    let _ = writeln!(out, "# {}: memory, estimated and measured\n", run.model);
+    let _ = writeln!(out, "**{}**\n", r.headline);
+    let _ = writeln!(out, "## The rule of thumb against the measurement\n");
+    let _ = writeln!(out, "{}\n", rule_sentence(r));
     let _ = writeln!(out, "## Every point\n");
     let _ = writeln!(
         out,
@@ -202,53 +259,38 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
-    let env = &run.environment;
     let _ = writeln!(out, "\n## Where and how\n");
-    let _ = writeln!(out, "- command: `{}`", run.command.join(" "));
-    let _ = writeln!(
-        out,
-        "- model: {} ({} parameters), {}, engine {}, weights {}",
-        run.model_config,
-        super::grouped(run.params),
-        run.dtype,
-        run.engine,
-        run.weights
-    );
-    let _ = writeln!(
-        out,
-        "- host: {}, {}, {} ({} cores)",
-        env.host, env.os, env.cpu, env.cpu_cores
-    );
-    if let Some(g) = run.gpu.as_ref().and_then(|g| g.info.as_ref()) {
-        let _ = writeln!(
-            out,
-            "- GPU: {} ({}), driver {}, CUDA {}",
-            g.name,
-            bytes(g.memory_total_bytes),
-            g.driver_version,
-            g.cuda_driver_version
-        );
+    for (what, value) in setup_facts(r) {
+        if what == "command" {
+            let _ = writeln!(out, "- {what}: `{value}`");
+        } else {
+            let _ = writeln!(out, "- {what}: {value}");
+        }
     }
-    let _ = writeln!(
-        out,
-        "- vramprobe {}, candle {}, started {}",
-        env.vramprobe_version, env.candle_version, run.started_at
-    );
     out
 }
 
-/// Write report.json and report.md into the run directory.
+/// Write report.json, report.md, report.html and the SVG plots into the run directory.
 ///
 /// # Errors
-/// [`StoreError`].
+/// [`StoreError`]; a plot that cannot be drawn is an I/O error on its file.
 pub fn write(dir: &Path) -> Result<Report, StoreError> {
     let r = build(dir)?;
-    let io = |path: std::path::PathBuf| move |source| StoreError::Io { path, source };
-    let json_path = dir.join("report.json");
+    let put = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| StoreError::Io { path, source })
+    };
     let mut json = serde_json::to_string_pretty(&r).unwrap_or_default();
     json.push('\n');
-    std::fs::write(&json_path, json).map_err(io(json_path.clone()))?;
-    let md_path = dir.join("report.md");
-    std::fs::write(&md_path, markdown(&r)).map_err(io(md_path.clone()))?;
+    put("report.json", &json)?;
+    put("report.md", &markdown(&r))?;
+    let plots = super::plots::plots(&r).map_err(|e| StoreError::Io {
+        path: dir.join("report.html"),
+        source: std::io::Error::other(e),
+    })?;
+    for p in &plots {
+        put(&p.file, &p.svg)?;
+    }
+    put("report.html", &super::html::html(&r, &plots))?;
     Ok(r)
 }

@@ -470,3 +470,75 @@ fn unwritable_output_is_found_before_measuring() {
         assert!(stdout(&o).is_empty(), "{}", stdout(&o));
     }
 }
+
+#[test]
+fn the_sweep_shows_progress_on_a_terminal_only() {
+    // `script` (util-linux) runs the bench on a pseudo-terminal and copies what it drew.
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, quiet: bool| {
+        let out = dir.path().join(name);
+        let cmd = format!(
+            "{} bench --batch 1 --context 64,128 --decode-steps 2 --out {}{}",
+            env!("CARGO_BIN_EXE_vramprobe"),
+            path_str(&out),
+            if quiet { " --quiet" } else { "" }
+        );
+        let o = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(root())
+            .output()
+            .expect("run script (util-linux)");
+        ok(&o);
+        stdout(&o)
+    };
+    let tty = run("tty", false);
+    assert!(tty.contains("4/4 points"), "{tty}");
+    assert!(tty.contains("batch 1 x 128 decode"), "{tty}");
+    let quiet = run("quiet", true);
+    assert!(!quiet.contains("points,"), "{quiet}");
+    assert!(quiet.contains("largest |error|"), "{quiet}");
+    // No terminal: no bar either.
+    let o = vramprobe(&[
+        "bench",
+        "--batch",
+        "1",
+        "--context",
+        "64",
+        "--decode-steps",
+        "2",
+        "--out",
+        path_str(&dir.path().join("pipe")),
+    ]);
+    ok(&o);
+    assert!(!stderr(&o).contains("points,"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_closed_stdout_neither_panics_nor_loses_the_run() {
+    // `vramprobe bench | head -1`, with the reader gone before the table is printed.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vramprobe"))
+        .args([
+            "bench",
+            "--batch",
+            "1",
+            "--context",
+            "64",
+            "--decode-steps",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    ok(&o);
+    assert!(out.join("report.html").is_file());
+    assert_eq!(read_points(&out).len(), 2);
+}

@@ -4,6 +4,7 @@
 mod bench;
 mod estimate;
 mod gpu_reports;
+mod html;
 mod hub;
 mod layering;
 mod report;

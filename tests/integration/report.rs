@@ -5,8 +5,8 @@
 use super::*;
 use serde_json::Value;
 
-fn golden(run: &str, format: &str, file: &str) {
-    let o = vramprobe(&["report", run, "--format", format]);
+fn golden(args: &[&str], file: &str) {
+    let o = vramprobe(args);
     ok(&o);
     let path = root().join("tests/golden").join(file);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -24,9 +24,84 @@ fn golden(run: &str, format: &str, file: &str) {
 #[test]
 fn reports_of_committed_runs_match_their_golden_files() {
     let run = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-40gib-boundary";
-    golden(run, "md", "llama3-8b-40gib-boundary.report.md");
-    golden(run, "json", "llama3-8b-40gib-boundary.report.json");
+    golden(
+        &["report", run, "--format", "md"],
+        "llama3-8b-40gib-boundary.report.md",
+    );
+    golden(
+        &["report", run, "--format", "json"],
+        "llama3-8b-40gib-boundary.report.json",
+    );
     let o = vramprobe(&["report", "models"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn compare_shows_what_changed_between_two_runs() {
+    let a = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-grid";
+    let b = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-40gib-boundary";
+    golden(
+        &["report", "--compare", a, b],
+        "llama3-8b-grid-vs-40gib-boundary.compare.md",
+    );
+    let o = vramprobe(&["report", "--compare", a, b, "--format", "json"]);
+    ok(&o);
+    let c: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // What differs: the memory limit; what does not: the GPU.
+    let fact = |what: &str| {
+        c["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["what"] == what)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(fact("memory limit")["same"], false);
+    assert_eq!(fact("memory limit")["b"], "40.00 GiB");
+    assert_eq!(fact("device")["same"], true);
+    // Batch 1 x 8192 fitted on the whole card, not in 40 GiB.
+    let p = c["shared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["batch"] == 1 && p["context"] == 8192 && p["phase"] == "prefill")
+        .unwrap();
+    assert_eq!(
+        (p["status_a"].as_str(), p["status_b"].as_str()),
+        (Some("ok"), Some("oom"))
+    );
+    assert!(p["measured_a_bytes"].as_u64().unwrap() > 40 << 30);
+    assert!(p["measured_change_ratio"].is_null());
+    // A point in both that fitted in both: the same machine measured it within 1%.
+    let q = c["shared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["batch"] == 2 && p["context"] == 2048 && p["phase"] == "prefill")
+        .unwrap();
+    assert!(
+        q["measured_change_ratio"].as_f64().unwrap().abs() < 0.01,
+        "{q}"
+    );
+    // Points only in one run: the grid's 128-token column is not in the boundary run.
+    assert!(
+        c["only_a"].to_string().contains("[1,128,\"prefill\"]"),
+        "{}",
+        c["only_a"]
+    );
+    // A run against itself: nothing changed.
+    let o = vramprobe(&["report", "--compare", a, a]);
+    ok(&o);
+    assert!(stdout(&o).contains("The two runs were made the same way."));
+    assert!(stdout(&o).contains("Largest change of the measured peak: +0.00%"));
+    // Bad input: not a run directory, html for a comparison, a single run.
+    let o = vramprobe(&["report", "--compare", a, "models"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("models: no run.json there"));
+    let o = vramprobe(&["report", "--compare", a, b, "--format", "html"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = vramprobe(&["report", "--compare", a]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
@@ -60,6 +135,20 @@ fn bench_writes_its_report() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains(&format!("**{headline}**")));
     assert!(md.contains("## The rule of thumb against the measurement"));
+    // The environment names the commit the binary was built from.
+    let commit = r["run"]["environment"]["git_commit"].as_str().unwrap();
+    assert!(
+        commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    for f in [
+        "report.html",
+        "plot-memory.svg",
+        "plot-components.svg",
+        "plot-error.svg",
+    ] {
+        assert!(out.join(f).is_file(), "bench left no {f}");
+    }
     // Re-rendering gives the same bytes.
     let o = vramprobe(&["report", path_str(&out)]);
     ok(&o);
