@@ -57,6 +57,69 @@ pub enum Command {
     /// Re-render the report of a stored run (Markdown, HTML or JSON) from its files, or
     /// compare two runs.
     Report(ReportArgs),
+    /// The daemon for Prometheus: GPU memory (NVML), stored benchmark results, sweeps on
+    /// request. Every flag can also be set from the environment (VRAMPROBE_*).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (beyond loopback, --token is required).
+    #[arg(long, env = "VRAMPROBE_LISTEN", default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::serve::DEFAULT_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token that POST /api/v1/bench requires (at least 16 characters).
+    #[arg(long, env = "VRAMPROBE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where runs are stored and read.
+    #[arg(long, env = "VRAMPROBE_RUNS_DIR", default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// How often NVML is polled (metrics are built from the last poll).
+    #[arg(long, env = "VRAMPROBE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: std::time::Duration,
+    /// Export each GPU process's memory (opt-in: PIDs churn, and so do series).
+    #[arg(long, env = "VRAMPROBE_PER_PROCESS")]
+    pub per_process: bool,
+    /// FAKE NVML for machines without a GPU: devices read from this JSON file at every poll.
+    #[arg(long, env = "VRAMPROBE_FAKE_NVML")]
+    pub fake_nvml: Option<PathBuf>,
+    /// Run a sweep when the daemon starts.
+    #[arg(long, env = "VRAMPROBE_BENCH_ON_START")]
+    pub bench_on_start: bool,
+    /// Run a sweep this often (e.g. 6h); skipped while one runs.
+    #[arg(long, env = "VRAMPROBE_BENCH_EVERY", value_parser = parse_duration)]
+    pub bench_every: Option<std::time::Duration>,
+    /// Sweeps' model where a request does not name one [default: the built-in tiny Llama].
+    #[arg(long, env = "VRAMPROBE_BENCH_MODEL")]
+    pub bench_model: Option<String>,
+    /// Sweeps' dtype [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_DTYPE")]
+    pub bench_dtype: Option<String>,
+    /// Sweeps' device, cpu or cuda [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_DEVICE")]
+    pub bench_device: Option<String>,
+    /// Sweeps' batch sizes, comma-separated [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_BATCH", value_delimiter = ',')]
+    pub bench_batch: Option<Vec<u64>>,
+    /// Sweeps' contexts, comma-separated [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_CONTEXT", value_delimiter = ',')]
+    pub bench_context: Option<Vec<u64>>,
+    /// Sweeps' decode steps [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_DECODE_STEPS")]
+    pub bench_decode_steps: Option<u64>,
+    /// Longest a client may take to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "VRAMPROBE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// Longest a request may take.
+    #[arg(long, env = "VRAMPROBE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// At shutdown, how long a running sweep may take to finish its point before it is
+    /// killed (what it stored is kept either way).
+    #[arg(long, env = "VRAMPROBE_SHUTDOWN_GRACE", default_value = "120s", value_parser = parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("\"{s}\": {e} (e.g. 500ms, 5s, 6h)"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -360,12 +423,19 @@ pub struct BadInput(pub String);
 /// Parse the command line, run it, report the error once.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon logs its life (listening, sweeps, NVML lost and back) at info.
+    let default_filter = if matches!(cli.command, Command::Serve(_)) {
+        "warn,vramprobe=info,hf_hub=off"
+    } else {
+        // hf-hub logs its retries at ERROR; the one error that matters is ours.
+        "warn,hf_hub=off"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VRAMPROBE_LOG")
-                // hf-hub logs its retries at ERROR; the one error that matters is ours.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
     match run(cli) {
@@ -425,6 +495,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gpus(a) => run_gpus(a),
         Command::Fit(a) => run_fit(a),
         Command::Report(a) => run_report(a),
+        Command::Serve(a) => run_serve(a),
     }
 }
 
@@ -607,6 +678,38 @@ fn run_fit_train(
         "overheads": overheads, "overheads_source": source,
     });
     print_fit(a.json, v, spec, dtype, a.engine, w, &fits)
+}
+
+fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    use crate::serve::{self, job::BenchRequest, Secret, ServeError, ServeOptions};
+    let opts = ServeOptions {
+        listen: a.listen,
+        token: a.token.map(Secret),
+        runs_dir: a.runs_dir,
+        poll_interval: a.poll_interval,
+        per_process: a.per_process,
+        fake_nvml: a.fake_nvml,
+        bench_on_start: a.bench_on_start,
+        bench_every: a.bench_every,
+        bench_defaults: BenchRequest {
+            model: a.bench_model,
+            dtype: a.bench_dtype,
+            device: a.bench_device,
+            batch: a.bench_batch,
+            context: a.bench_context,
+            decode_steps: a.bench_decode_steps,
+        },
+        header_timeout: a.header_timeout,
+        request_timeout: a.request_timeout,
+        shutdown_grace: a.shutdown_grace,
+    };
+    serve::run(opts, |addr| {
+        outln!("vramprobe serve: listening on http://{addr}");
+    })
+    .map_err(|e| match e {
+        ServeError::Options(m) => anyhow::Error::new(BadInput(m)),
+        other => anyhow::Error::new(other),
+    })
 }
 
 /// A stored run's report, or a clear error when `dir` is not a run directory.

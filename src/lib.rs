@@ -12,6 +12,7 @@
 //!              + probe (MemoryProbe: counting allocator)
 //!            --> store (run.json + points.jsonl, append-only)
 //!            --> report (tables)
+//!            --> serve (daemon: /metrics from NVML and stored runs)
 //! ```
 //!
 //! The estimate alone, for Meta-Llama-3-8B-Instruct in BF16:
@@ -37,6 +38,7 @@ pub mod plan;
 pub mod probe;
 pub mod report;
 pub mod runner;
+pub mod serve;
 pub mod spec;
 pub mod store;
 

@@ -96,16 +96,7 @@ impl Gpu {
     /// # Errors
     /// [`NvmlError::Call`].
     pub fn info(&self) -> Result<GpuInfo, NvmlError> {
-        let d = self.device()?;
-        let cuda = self.nvml.sys_cuda_driver_version().map_err(call)?;
-        Ok(GpuInfo {
-            index: self.index,
-            name: d.name().map_err(call)?,
-            uuid: d.uuid().map_err(call)?,
-            driver_version: self.nvml.sys_driver_version().map_err(call)?,
-            cuda_driver_version: format!("{}.{}", cuda / 1000, (cuda % 1000) / 10),
-            memory_total_bytes: d.memory_info().map_err(call)?.total,
-        })
+        info_of(&self.nvml, &self.device()?, self.index)
     }
 
     /// Device memory now.
@@ -113,13 +104,7 @@ impl Gpu {
     /// # Errors
     /// [`NvmlError::Call`].
     pub fn memory(&self) -> Result<DeviceMemory, NvmlError> {
-        let m = self.device()?.memory_info().map_err(call)?;
-        Ok(DeviceMemory {
-            used: m.used,
-            free: m.free,
-            reserved: m.reserved,
-            total: m.total,
-        })
+        memory_of(&self.device()?)
     }
 
     /// Compute processes on this GPU and their memory (`None` where NVML cannot say).
@@ -127,19 +112,92 @@ impl Gpu {
     /// # Errors
     /// [`NvmlError::Call`].
     pub fn processes(&self) -> Result<Vec<(u32, Option<u64>)>, NvmlError> {
-        Ok(self
-            .device()?
-            .running_compute_processes()
-            .map_err(call)?
-            .into_iter()
-            .map(|p| {
-                let bytes = match p.used_gpu_memory {
-                    UsedGpuMemory::Used(b) => Some(b),
-                    UsedGpuMemory::Unavailable => None,
-                };
-                (p.pid, bytes)
+        processes_of(&self.device()?)
+    }
+}
+
+fn info_of(nvml: &Nvml, d: &nvml_wrapper::Device<'_>, index: u32) -> Result<GpuInfo, NvmlError> {
+    let cuda = nvml.sys_cuda_driver_version().map_err(call)?;
+    Ok(GpuInfo {
+        index,
+        name: d.name().map_err(call)?,
+        uuid: d.uuid().map_err(call)?,
+        driver_version: nvml.sys_driver_version().map_err(call)?,
+        cuda_driver_version: format!("{}.{}", cuda / 1000, (cuda % 1000) / 10),
+        memory_total_bytes: d.memory_info().map_err(call)?.total,
+    })
+}
+
+fn memory_of(d: &nvml_wrapper::Device<'_>) -> Result<DeviceMemory, NvmlError> {
+    let m = d.memory_info().map_err(call)?;
+    Ok(DeviceMemory {
+        used: m.used,
+        free: m.free,
+        reserved: m.reserved,
+        total: m.total,
+    })
+}
+
+fn processes_of(d: &nvml_wrapper::Device<'_>) -> Result<Vec<(u32, Option<u64>)>, NvmlError> {
+    Ok(d.running_compute_processes()
+        .map_err(call)?
+        .into_iter()
+        .map(|p| {
+            let bytes = match p.used_gpu_memory {
+                UsedGpuMemory::Used(b) => Some(b),
+                UsedGpuMemory::Unavailable => None,
+            };
+            (p.pid, bytes)
+        })
+        .collect())
+}
+
+/// One GPU as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSnapshot {
+    pub info: GpuInfo,
+    pub memory: DeviceMemory,
+    /// (pid, bytes) of compute processes, when asked for.
+    #[serde(default)]
+    pub processes: Vec<(u32, Option<u64>)>,
+}
+
+/// Every GPU of the machine through one NVML handle (the daemon's view).
+pub struct Fleet {
+    nvml: Nvml,
+}
+
+impl Fleet {
+    /// Initialise NVML.
+    ///
+    /// # Errors
+    /// [`NvmlError::Unavailable`] without NVML.
+    pub fn open() -> Result<Self, NvmlError> {
+        Ok(Self {
+            nvml: Nvml::init().map_err(|e| NvmlError::Unavailable(e.to_string()))?,
+        })
+    }
+
+    /// Every device's identity and memory now, and its processes when `processes`.
+    ///
+    /// # Errors
+    /// [`NvmlError::Call`] when any call fails (the snapshot is all or nothing).
+    pub fn snapshot(&self, processes: bool) -> Result<Vec<DeviceSnapshot>, NvmlError> {
+        let n = self.nvml.device_count().map_err(call)?;
+        (0..n)
+            .map(|i| {
+                let d = self.nvml.device_by_index(i).map_err(call)?;
+                Ok(DeviceSnapshot {
+                    info: info_of(&self.nvml, &d, i)?,
+                    memory: memory_of(&d)?,
+                    processes: if processes {
+                        processes_of(&d)?
+                    } else {
+                        Vec::new()
+                    },
+                })
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -8,6 +8,7 @@ mod html;
 mod hub;
 mod layering;
 mod report;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

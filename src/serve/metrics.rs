@@ -1,0 +1,419 @@
+//! `/metrics`: built at each scrape from the cached GPU snapshot, the cached runs and the
+//! sweep's state, with prometheus-client (a [`Collector`]); OpenMetrics text when the
+//! scraper's Accept header asks for it, the classic text format (0.0.4) otherwise.
+//!
+//! Naming follows Prometheus conventions: prefix `vramprobe_`, base units (`_bytes`,
+//! `_seconds`, `_ratio`), `_info` for identities, `_total` for counters.
+
+use super::State;
+use crate::store::PointRecord;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The Content-Type of each format.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CLASSIC: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Does this Accept header ask for OpenMetrics?
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|part| {
+            let mut it = part.split(';');
+            let media = it.next().unwrap_or("").trim();
+            // q=0 means "not this one".
+            let refused = it.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f64>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        })
+    })
+}
+
+/// The registry with the daemon's collector.
+pub fn registry(state: Arc<State>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(DaemonCollector { state }));
+    r
+}
+
+/// Encode the registry in the format asked for; returns (body, content type).
+pub fn render(registry: &Registry, openmetrics: bool) -> (String, &'static str) {
+    let mut out = String::with_capacity(16 * 1024);
+    let result = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+    };
+    if result.is_err() {
+        // Writing into a String cannot fail; an encoder error is a bug: say so in-band.
+        tracing::error!("metrics encoding failed");
+    }
+    (out, if openmetrics { OPENMETRICS } else { CLASSIC })
+}
+
+#[derive(Debug)]
+struct DaemonCollector {
+    state: Arc<State>,
+}
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn gauge<N: EncodeGaugeValue + Copy + std::fmt::Debug>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, N)],
+) -> std::fmt::Result {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(v).encode(m)
+}
+
+/// An `_info` family: one descriptor, one sample of value 1 per label set.
+fn info(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[Labels]) -> std::fmt::Result {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Info)?;
+    for labels in rows {
+        Info::new(Labels::new()).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// The labels of one stored point.
+fn point_labels(p: &PointRecord) -> Labels {
+    vec![
+        ("model", p.model.clone()),
+        ("dtype", p.dtype.clone()),
+        ("engine", p.engine.clone()),
+        ("device", p.device.clone()),
+        ("batch", p.batch.to_string()),
+        ("context", p.context.to_string()),
+        ("phase", p.phase.clone()),
+    ]
+}
+
+fn with(mut l: Labels, k: &'static str, v: &str) -> Labels {
+    l.push((k, v.to_string()));
+    l
+}
+
+impl Collector for DaemonCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.state;
+        info(
+            &mut enc,
+            "vramprobe_build",
+            "vramprobe's version, git commit and candle version.",
+            &[vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("commit", env!("VRAMPROBE_GIT_COMMIT").to_string()),
+                (
+                    "candle_version",
+                    env!("VRAMPROBE_CANDLE_VERSION").to_string(),
+                ),
+            ]],
+        )?;
+        gauge(
+            &mut enc,
+            "vramprobe_start_time_seconds",
+            "When the daemon started (Unix time).",
+            &[(vec![], secs(s.started))],
+        )?;
+        self.encode_gpu(&mut enc)?;
+        self.encode_sweep(&mut enc)?;
+        self.encode_runs(&mut enc)
+    }
+}
+
+impl DaemonCollector {
+    fn encode_gpu(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let g = self
+            .state
+            .gpu
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        gauge(
+            enc,
+            "vramprobe_nvml_up",
+            "1 when the last NVML collection succeeded, 0 when NVML is missing or failing.",
+            &[(vec![], i64::from(g.up))],
+        )?;
+        if let Some(t) = g.last_success {
+            gauge(
+                enc,
+                "vramprobe_nvml_last_success_timestamp_seconds",
+                "When NVML last answered (Unix time).",
+                &[(vec![], secs(t))],
+            )?;
+        }
+        gauge(
+            enc,
+            "vramprobe_nvml_collection_duration_seconds",
+            "How long the last NVML collection took.",
+            &[(vec![], g.last_duration.as_secs_f64())],
+        )?;
+        counter(
+            enc,
+            "vramprobe_nvml_collection_failures",
+            "NVML collections that failed since start.",
+            g.failures_total,
+        )?;
+        if !g.up {
+            return Ok(()); // no stale device figures
+        }
+        let id = |d: &crate::probe::nvml::DeviceSnapshot| -> Labels {
+            vec![
+                ("gpu", d.info.index.to_string()),
+                ("uuid", d.info.uuid.clone()),
+            ]
+        };
+        let infos: Vec<Labels> = g
+            .devices
+            .iter()
+            .map(|d| {
+                let mut l = id(d);
+                l.push(("name", d.info.name.clone()));
+                l.push(("driver_version", d.info.driver_version.clone()));
+                l.push(("cuda_version", d.info.cuda_driver_version.clone()));
+                l
+            })
+            .collect();
+        info(enc, "vramprobe_gpu", "One GPU's identity.", &infos)?;
+        type Field = fn(&crate::probe::nvml::DeviceMemory) -> u64;
+        let fields: [(&str, &str, Field); 4] = [
+            (
+                "vramprobe_gpu_memory_total_bytes",
+                "Device memory in all (NVML).",
+                |m| m.total,
+            ),
+            (
+                "vramprobe_gpu_memory_used_bytes",
+                "Device memory in use by processes (NVML v2: excludes reserved).",
+                |m| m.used,
+            ),
+            (
+                "vramprobe_gpu_memory_free_bytes",
+                "Device memory free (NVML).",
+                |m| m.free,
+            ),
+            (
+                "vramprobe_gpu_memory_reserved_bytes",
+                "Device memory reserved by the driver and firmware (NVML v2).",
+                |m| m.reserved,
+            ),
+        ];
+        for (name, help, f) in fields {
+            let rows: Vec<(Labels, u64)> =
+                g.devices.iter().map(|d| (id(d), f(&d.memory))).collect();
+            gauge(enc, name, help, &rows)?;
+        }
+        if self.state.opts.per_process {
+            let rows: Vec<(Labels, u64)> = g
+                .devices
+                .iter()
+                .flat_map(|d| {
+                    d.processes.iter().filter_map(move |&(pid, bytes)| {
+                        Some((with(id(d), "pid", &pid.to_string()), bytes?))
+                    })
+                })
+                .collect();
+            gauge(
+                enc,
+                "vramprobe_gpu_process_memory_used_bytes",
+                "Device memory of each compute process (NVML; opt-in: --per-process).",
+                &rows,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn encode_sweep(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let j = self
+            .state
+            .job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        gauge(
+            enc,
+            "vramprobe_bench_running",
+            "1 while a sweep runs.",
+            &[(vec![], i64::from(j.running))],
+        )?;
+        gauge(
+            enc,
+            "vramprobe_bench_points_planned",
+            "Points (batch x context x phase) the current or last sweep plans.",
+            &[(vec![], j.planned)],
+        )?;
+        gauge(
+            enc,
+            "vramprobe_bench_points_stored",
+            "Points the current or last sweep has stored.",
+            &[(vec![], j.stored)],
+        )?;
+        counter(
+            enc,
+            "vramprobe_bench_sweeps_started",
+            "Sweeps started since the daemon started.",
+            j.started_total,
+        )?;
+        counter(
+            enc,
+            "vramprobe_bench_sweeps_failed",
+            "Sweeps that ended with an error (not counting interrupted ones).",
+            j.failed_total,
+        )?;
+        if let Some(t) = j.last_success {
+            gauge(
+                enc,
+                "vramprobe_bench_last_success_timestamp_seconds",
+                "When a sweep last completed (Unix time).",
+                &[(vec![], secs(t))],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn encode_runs(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let runs = self
+            .state
+            .runs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let latest = runs.latest();
+        let infos: Vec<Labels> = latest
+            .iter()
+            .map(|r| {
+                vec![
+                    ("model", r.run.model.clone()),
+                    ("dtype", r.run.dtype.clone()),
+                    ("engine", r.run.engine.clone()),
+                    ("device", r.run.device.clone()),
+                    ("run", r.id.clone()),
+                    ("started_at", r.run.started_at.clone()),
+                ]
+            })
+            .collect();
+        info(
+            enc,
+            "vramprobe_bench_run",
+            "The stored run whose points are exported, per model, dtype, engine and device.",
+            &infos,
+        )?;
+        // One record per label set: a later record of the same point wins.
+        let mut points: std::collections::BTreeMap<Labels, &PointRecord> = Default::default();
+        for r in &latest {
+            for p in &r.points {
+                points.insert(point_labels(p), p);
+            }
+        }
+        let mut fitted = Vec::new();
+        let mut measured = Vec::new();
+        let mut estimated = Vec::new();
+        let mut components = Vec::new();
+        let mut error = Vec::new();
+        for (labels, p) in &points {
+            let ok = p.status == "ok";
+            fitted.push((labels.clone(), i64::from(ok)));
+            for (name, &v) in &p.estimated_components {
+                components.push((with(labels.clone(), "component", name), v));
+            }
+            if ok {
+                for (source, &v) in &p.measured {
+                    measured.push((with(labels.clone(), "source", source), v));
+                }
+                if p.error_ratio.is_finite() && !p.source.is_empty() {
+                    error.push((with(labels.clone(), "source", &p.source), p.error_ratio));
+                }
+            }
+            if p.estimated_by_source.is_empty() {
+                if !p.source.is_empty() {
+                    estimated.push((with(labels.clone(), "source", &p.source), p.estimated_bytes));
+                }
+            } else {
+                for (source, &v) in &p.estimated_by_source {
+                    estimated.push((with(labels.clone(), "source", source), v));
+                }
+            }
+        }
+        gauge(
+            enc,
+            "vramprobe_bench_point_fitted",
+            "1 when the point ran, 0 when it ran out of memory or was refused.",
+            &fitted,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_bench_measured_peak_bytes",
+            "Measured peak of the phase, per measurement source.",
+            &measured,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_bench_estimated_peak_bytes",
+            "The estimate of the phase's peak, in each source's terms.",
+            &estimated,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_bench_estimated_component_bytes",
+            "The estimate's components of the phase's peak.",
+            &components,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_bench_error_ratio",
+            "(estimated - measured) / measured for the primary source.",
+            &error,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_headers() {
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
+        // Prometheus 2.x's default scrape Accept header.
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(!wants_openmetrics(Some(
+            "application/openmetrics-text;q=0, text/plain"
+        )));
+    }
+}

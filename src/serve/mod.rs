@@ -1,0 +1,269 @@
+//! `vramprobe serve`: a daemon for Prometheus. It polls NVML in the background, watches the
+//! runs directory, runs sweeps on request (one at a time, in a child process), and answers
+//! `/metrics`, `/healthz`, `/`, `/api/v1/runs` and `/api/v1/bench`.
+
+pub mod gpu;
+mod http;
+pub mod job;
+pub mod metrics;
+pub mod runs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// The daemon's fixed default port: outside the 9100-9999 range that Prometheus' exporter
+/// list has fully allocated, and not 9090 (Prometheus), 9100 (node), 9400 (dcgm-exporter),
+/// 9835 (nvidia_gpu_exporter).
+pub const DEFAULT_PORT: u16 = 8947;
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Everything `serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// Bearer token for `POST /api/v1/bench` (required when listening beyond loopback).
+    pub token: Option<Secret>,
+    pub runs_dir: PathBuf,
+    pub poll_interval: Duration,
+    /// Export per-process GPU memory (PIDs churn: opt-in).
+    pub per_process: bool,
+    /// FAKE NVML from a JSON file (machines without a GPU; see [`gpu::FakeNvml`]).
+    pub fake_nvml: Option<PathBuf>,
+    pub bench_on_start: bool,
+    pub bench_every: Option<Duration>,
+    /// What a sweep measures where the request does not say.
+    pub bench_defaults: job::BenchRequest,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a request may take in all.
+    pub request_timeout: Duration,
+    /// How long a running sweep gets to finish its point at shutdown before it is killed.
+    pub shutdown_grace: Duration,
+}
+
+/// Why the daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad options (exit 2).
+    #[error("{0}")]
+    Options(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What every handler and the collector share.
+#[derive(Debug)]
+pub struct State {
+    pub opts: ServeOptions,
+    pub started: SystemTime,
+    pub gpu: Arc<RwLock<gpu::GpuState>>,
+    pub runs: RwLock<runs::Runs>,
+    pub job: Mutex<job::JobState>,
+    pub job_done: tokio::sync::Notify,
+    shutting_down: AtomicBool,
+}
+
+impl State {
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Re-read the runs directory (off the async threads: it is file I/O).
+    pub async fn refresh_runs(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            let dir = me.opts.runs_dir.clone();
+            // Read into a copy so scrapes never wait on the disk.
+            let mut copy = me
+                .runs
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if copy.refresh(&dir) {
+                *me.runs
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = copy;
+            }
+        })
+        .await;
+    }
+}
+
+/// Check the options that make the daemon unsafe or unable to start.
+///
+/// # Errors
+/// [`ServeError::Options`].
+pub fn check(opts: &ServeOptions) -> Result<(), ServeError> {
+    if !opts.listen.ip().is_loopback() && opts.token.is_none() {
+        return Err(ServeError::Options(format!(
+            "--listen {}: beyond loopback, POST /api/v1/bench needs a bearer token: set \
+             --token or VRAMPROBE_TOKEN (or listen on 127.0.0.1)",
+            opts.listen
+        )));
+    }
+    if opts.token.as_ref().is_some_and(|t| t.0.len() < 16) {
+        return Err(ServeError::Options(
+            "--token: use at least 16 characters".into(),
+        ));
+    }
+    if opts.poll_interval < Duration::from_millis(100) {
+        return Err(ServeError::Options(
+            "--poll-interval: at least 100ms (NVML calls take the driver lock)".into(),
+        ));
+    }
+    opts.bench_defaults
+        .args()
+        .map_err(|e| ServeError::Options(format!("--bench-{e}")))?;
+    Ok(())
+}
+
+/// Run the daemon until SIGINT or SIGTERM. `on_listening` is called with the bound address
+/// (the port is chosen by the system when given as 0).
+///
+/// # Errors
+/// [`ServeError`].
+pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+    check(&opts)?;
+    std::fs::create_dir_all(&opts.runs_dir).map_err(|source| ServeError::Io {
+        what: format!(
+            "{}: cannot create the runs directory",
+            opts.runs_dir.display()
+        ),
+        source,
+    })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| ServeError::Io {
+            what: "tokio runtime".into(),
+            source,
+        })?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| ServeError::Io {
+                what: format!("--listen {}", opts.listen),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Io {
+            what: "local address".into(),
+            source,
+        })?;
+        let state = Arc::new(State {
+            opts: opts.clone(),
+            started: SystemTime::now(),
+            gpu: Arc::new(RwLock::new(gpu::GpuState::default())),
+            runs: RwLock::new(runs::Runs::default()),
+            job: Mutex::new(job::JobState::default()),
+            job_done: tokio::sync::Notify::new(),
+            shutting_down: AtomicBool::new(false),
+        });
+        state.refresh_runs().await;
+        // NVML on its own thread: its calls block.
+        let stop_poll = Arc::new(AtomicBool::new(false));
+        let source: Box<dyn gpu::GpuSource> = match &opts.fake_nvml {
+            Some(path) => {
+                tracing::warn!(path = %path.display(), "using FAKE NVML from a file");
+                Box::new(gpu::FakeNvml { path: path.clone() })
+            }
+            None => Box::new(gpu::Nvml::default()),
+        };
+        let poller = {
+            let (g, stop) = (Arc::clone(&state.gpu), Arc::clone(&stop_poll));
+            let (interval, per_process) = (opts.poll_interval, opts.per_process);
+            std::thread::Builder::new()
+                .name("nvml-poll".into())
+                .spawn(move || gpu::poll(source, interval, per_process, g, stop))
+                .map_err(|source| ServeError::Io {
+                    what: "NVML thread".into(),
+                    source,
+                })?
+        };
+        // The runs directory, re-read at the poll interval (only changed runs are parsed).
+        let refresher = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(state.opts.poll_interval);
+                loop {
+                    t.tick().await;
+                    state.refresh_runs().await;
+                }
+            })
+        };
+        let scheduler = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move { schedule(state).await })
+        };
+        on_listening(addr);
+        tracing::info!(%addr, "listening");
+        let shutdown = shutdown_signal();
+        http::serve(listener, Arc::clone(&state), shutdown).await;
+        // Stop accepting sweeps, let the running one finish its point, keep what it stored.
+        state.shutting_down.store(true, Ordering::SeqCst);
+        scheduler.abort();
+        job::stop(&state, opts.shutdown_grace).await;
+        refresher.abort();
+        stop_poll.store(true, Ordering::SeqCst);
+        let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Sweeps at start-up and every `--bench-every`.
+async fn schedule(state: Arc<State>) {
+    let req = job::BenchRequest::default();
+    if state.opts.bench_on_start {
+        if let Err(e) = job::start(&state, &req) {
+            tracing::warn!(error = %e, "start-up sweep not started");
+        }
+    }
+    let Some(every) = state.opts.bench_every else {
+        return;
+    };
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        t.tick().await;
+        match job::start(&state, &req) {
+            Ok(_) => {}
+            Err(job::StartError::Busy(id)) => {
+                tracing::info!(running = %id, "scheduled sweep skipped: one is running");
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduled sweep not started"),
+        }
+    }
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers: stop the daemon with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
