@@ -20,6 +20,11 @@ pub enum StoreError {
     },
     #[error("{path}: already holds a run (points.jsonl exists); choose another --out")]
     Exists { path: PathBuf },
+    #[error(
+        "{path}: only {free} bytes free on its filesystem, {need} needed for a run's points \
+         and report (set VRAMPROBE_MIN_FREE_BYTES to change the requirement)"
+    )]
+    Full { path: PathBuf, free: u64, need: u64 },
     #[error("{path}: line {line}: {message}")]
     Corrupt {
         path: PathBuf,
@@ -232,6 +237,34 @@ pub fn error_ratio(estimated: u64, measured: u64) -> f64 {
     }
 }
 
+/// Free space a run needs before it starts: its points (a few KB each), report.json/md/html
+/// and plots (under 1 MB for a large grid), with a margin. `VRAMPROBE_MIN_FREE_BYTES`
+/// overrides it.
+pub const MIN_FREE_BYTES: u64 = 16 << 20;
+
+/// Refuse a directory whose filesystem is (nearly) full, before anything is measured.
+fn check_free_space(path: &Path) -> Result<(), StoreError> {
+    let need = std::env::var("VRAMPROBE_MIN_FREE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MIN_FREE_BYTES);
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::from(e),
+    })?;
+    // The field types differ between platforms (u32 on some 32-bit targets).
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+    if free < need {
+        return Err(StoreError::Full {
+            path: path.to_path_buf(),
+            free,
+            need,
+        });
+    }
+    Ok(())
+}
+
 /// An open run directory being appended to.
 pub struct RunDir {
     path: PathBuf,
@@ -246,6 +279,7 @@ impl RunDir {
     /// [`StoreError::Exists`] and [`StoreError::Io`].
     pub fn create(path: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(io(path))?;
+        check_free_space(path)?;
         let points_path = path.join("points.jsonl");
         if points_path.exists() {
             return Err(StoreError::Exists {
@@ -274,6 +308,7 @@ impl RunDir {
     /// # Errors
     /// [`StoreError::Io`], and [`StoreError::Corrupt`] for a broken line that is not last.
     pub fn reopen(path: &Path) -> Result<(Self, Vec<PointRecord>), StoreError> {
+        check_free_space(path)?;
         let points_path = path.join("points.jsonl");
         let points = read_points(path)?;
         let text = std::fs::read(&points_path).map_err(io(&points_path))?;

@@ -109,17 +109,17 @@ pub fn backoff(interval: Duration, consecutive_failures: u32) -> Duration {
     interval.saturating_mul(factor).min(cap)
 }
 
-/// Poll `source` until `stop`, writing into `state`. Runs on its own thread: NVML calls
-/// block.
+/// Poll `source` until `stop` receives (or its sender is dropped), writing into `state`.
+/// Runs on its own thread: NVML calls block. Between polls it sleeps in `recv_timeout`, so
+/// an idle daemon wakes once per poll and stops at once.
 pub fn poll(
     mut source: Box<dyn GpuSource>,
     interval: Duration,
     processes: bool,
     state: Arc<RwLock<GpuState>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::mpsc::Receiver<()>,
 ) {
-    use std::sync::atomic::Ordering;
-    while !stop.load(Ordering::SeqCst) {
+    loop {
         let start = Instant::now();
         let result = source.collect(processes);
         let took = start.elapsed();
@@ -151,10 +151,9 @@ pub fn poll(
             }
             backoff(interval, s.consecutive_failures)
         };
-        // Sleep in short steps so shutdown is prompt.
-        let until = Instant::now() + wait;
-        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        match stop.recv_timeout(wait) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
     }
 }

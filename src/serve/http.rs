@@ -34,10 +34,12 @@ fn router(state: Arc<State>) -> Router {
         .route("/healthz", get(healthz))
         .route(
             "/metrics",
-            get(move |headers: HeaderMap| {
-                let registry = Arc::clone(&registry);
-                async move { scrape(&registry, &headers) }
-            }),
+            get(
+                move |Shared(state): Shared<Arc<State>>, headers: HeaderMap| {
+                    let registry = Arc::clone(&registry);
+                    async move { scrape(&registry, &state, &headers) }
+                },
+            ),
         )
         .route("/api/v1/runs", get(runs))
         .route("/api/v1/runs/{id}", get(one_run))
@@ -59,9 +61,20 @@ fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-fn scrape(registry: &prometheus_client::registry::Registry, headers: &HeaderMap) -> Response {
+fn scrape(
+    registry: &prometheus_client::registry::Registry,
+    state: &State,
+    headers: &HeaderMap,
+) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (body, content_type) = metrics::render(registry, metrics::wants_openmetrics(accept));
+    let bench = Arc::clone(
+        &state
+            .bench_text
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let (body, content_type) =
+        metrics::render(registry, &bench, metrics::wants_openmetrics(accept));
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

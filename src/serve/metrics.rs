@@ -41,23 +41,54 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     })
 }
 
-/// The registry with the daemon's collector.
+/// The registry of what changes at every scrape: build, GPU snapshot, sweep.
 pub fn registry(state: Arc<State>) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(DaemonCollector { state }));
     r
 }
 
-/// Encode the registry in the format asked for; returns (body, content type).
-pub fn render(registry: &Registry, openmetrics: bool) -> (String, &'static str) {
-    let mut out = String::with_capacity(16 * 1024);
+/// The benchmark series, encoded once each time the stored runs change (they are a few
+/// thousand series with many labels: re-encoding them at every scrape would dominate its
+/// cost), in both formats, without OpenMetrics' `# EOF`.
+#[derive(Debug, Clone, Default)]
+pub struct BenchText {
+    pub openmetrics: String,
+    pub classic: String,
+}
+
+impl BenchText {
+    /// Encode the newest run per (model, dtype, engine, device) of `runs`.
+    pub fn of(runs: &super::runs::Runs) -> BenchText {
+        let latest: Vec<super::runs::StoredRun> = runs.latest().into_iter().cloned().collect();
+        let mut r = Registry::default();
+        r.register_collector(Box::new(RunsCollector { latest }));
+        let mut t = BenchText::default();
+        if prometheus_client::encoding::text::encode_registry(&mut t.openmetrics, &r).is_err()
+            || prometheus_client::encoding::prometheus_text::encode(&mut t.classic, &r).is_err()
+        {
+            tracing::error!("benchmark metrics encoding failed");
+        }
+        t
+    }
+}
+
+/// Encode the live registry and append the cached benchmark series; returns (body,
+/// content type).
+pub fn render(registry: &Registry, bench: &BenchText, openmetrics: bool) -> (String, &'static str) {
+    let mut out = String::with_capacity(4096 + bench.openmetrics.len());
     let result = if openmetrics {
-        prometheus_client::encoding::text::encode(&mut out, registry)
+        prometheus_client::encoding::text::encode_registry(&mut out, registry).and_then(|()| {
+            out.push_str(&bench.openmetrics);
+            prometheus_client::encoding::text::encode_eof(&mut out)
+        })
     } else {
-        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry).map(|()| {
+            out.push_str(&bench.classic);
+        })
     };
     if result.is_err() {
-        // Writing into a String cannot fail; an encoder error is a bug: say so in-band.
+        // Writing into a String cannot fail; an encoder error is a bug.
         tracing::error!("metrics encoding failed");
     }
     (out, if openmetrics { OPENMETRICS } else { CLASSIC })
@@ -147,8 +178,7 @@ impl Collector for DaemonCollector {
             &[(vec![], secs(s.started))],
         )?;
         self.encode_gpu(&mut enc)?;
-        self.encode_sweep(&mut enc)?;
-        self.encode_runs(&mut enc)
+        self.encode_sweep(&mut enc)
     }
 }
 
@@ -302,14 +332,18 @@ impl DaemonCollector {
         }
         Ok(())
     }
+}
 
-    fn encode_runs(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        let runs = self
-            .state
-            .runs
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let latest = runs.latest();
+/// The stored runs' series (see [`BenchText`]).
+#[derive(Debug)]
+struct RunsCollector {
+    latest: Vec<super::runs::StoredRun>,
+}
+
+impl Collector for RunsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let enc = &mut encoder;
+        let latest = &self.latest;
         let infos: Vec<Labels> = latest
             .iter()
             .map(|r| {
@@ -331,7 +365,7 @@ impl DaemonCollector {
         )?;
         // One record per label set: a later record of the same point wins.
         let mut points: std::collections::BTreeMap<Labels, &PointRecord> = Default::default();
-        for r in &latest {
+        for r in latest {
             for p in &r.points {
                 points.insert(point_labels(p), p);
             }

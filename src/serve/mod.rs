@@ -74,6 +74,8 @@ pub struct State {
     pub started: SystemTime,
     pub gpu: Arc<RwLock<gpu::GpuState>>,
     pub runs: RwLock<runs::Runs>,
+    /// The runs' series, encoded when the runs change.
+    pub bench_text: RwLock<Arc<metrics::BenchText>>,
     pub job: Mutex<job::JobState>,
     pub job_done: tokio::sync::Notify,
     shutting_down: AtomicBool,
@@ -89,6 +91,15 @@ impl State {
         let me = Arc::clone(self);
         let _ = tokio::task::spawn_blocking(move || {
             let dir = me.opts.runs_dir.clone();
+            // Most refreshes find nothing new: decide that from file sizes and times alone.
+            if !me
+                .runs
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .stale(&dir)
+            {
+                return;
+            }
             // Read into a copy so scrapes never wait on the disk.
             let mut copy = me
                 .runs
@@ -96,9 +107,13 @@ impl State {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
             if copy.refresh(&dir) {
+                let text = Arc::new(metrics::BenchText::of(&copy));
                 *me.runs
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = copy;
+                *me.bench_text
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = text;
             }
         })
         .await;
@@ -171,13 +186,14 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
             started: SystemTime::now(),
             gpu: Arc::new(RwLock::new(gpu::GpuState::default())),
             runs: RwLock::new(runs::Runs::default()),
+            bench_text: RwLock::new(Arc::default()),
             job: Mutex::new(job::JobState::default()),
             job_done: tokio::sync::Notify::new(),
             shutting_down: AtomicBool::new(false),
         });
         state.refresh_runs().await;
         // NVML on its own thread: its calls block.
-        let stop_poll = Arc::new(AtomicBool::new(false));
+        let (stop_poll, stop_rx) = std::sync::mpsc::channel::<()>();
         let source: Box<dyn gpu::GpuSource> = match &opts.fake_nvml {
             Some(path) => {
                 tracing::warn!(path = %path.display(), "using FAKE NVML from a file");
@@ -186,11 +202,11 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
             None => Box::new(gpu::Nvml::default()),
         };
         let poller = {
-            let (g, stop) = (Arc::clone(&state.gpu), Arc::clone(&stop_poll));
+            let g = Arc::clone(&state.gpu);
             let (interval, per_process) = (opts.poll_interval, opts.per_process);
             std::thread::Builder::new()
                 .name("nvml-poll".into())
-                .spawn(move || gpu::poll(source, interval, per_process, g, stop))
+                .spawn(move || gpu::poll(source, interval, per_process, g, stop_rx))
                 .map_err(|source| ServeError::Io {
                     what: "NVML thread".into(),
                     source,
@@ -220,7 +236,7 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
         scheduler.abort();
         job::stop(&state, opts.shutdown_grace).await;
         refresher.abort();
-        stop_poll.store(true, Ordering::SeqCst);
+        let _ = stop_poll.send(());
         let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         tracing::info!("stopped");
         Ok(())

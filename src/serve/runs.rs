@@ -87,6 +87,30 @@ impl Runs {
         changed || before != self.by_id.len()
     }
 
+    /// Has `dir` anything this cache lacks: a run added, removed or grown? (Directory
+    /// listing and one stat per run; nothing is read.)
+    pub fn stale(&self, dir: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return !self.by_id.is_empty();
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let path = e.path();
+            if !path.join("run.json").is_file() {
+                continue;
+            }
+            n += 1;
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if self.by_id.get(id).is_none_or(|r| r.stamp != stamp(&path)) {
+                return true;
+            }
+        }
+        n != self.by_id.len()
+    }
+
     /// The newest run (by start time, then name) of each (model, dtype, engine, device): what
     /// /metrics exports, so one label set never has two values.
     pub fn latest(&self) -> Vec<&StoredRun> {

@@ -542,3 +542,25 @@ fn a_closed_stdout_neither_panics_nor_loses_the_run() {
     assert!(out.join("report.html").is_file());
     assert_eq!(read_points(&out).len(), 2);
 }
+
+#[test]
+fn a_full_disk_is_reported_before_measuring() {
+    // The real free-space check (statvfs) with a requirement no disk meets.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vramprobe"))
+        .args(["bench", "--batch", "1", "--context", "64", "--out"])
+        .arg(&out)
+        .current_dir(root())
+        .env("VRAMPROBE_MIN_FREE_BYTES", "18446744073709551615")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(path_str(&out)) && err.contains("bytes free on its filesystem"),
+        "{err}"
+    );
+    assert!(!out.join("points.jsonl").exists(), "nothing may be written");
+    assert!(!err.contains("panicked"));
+}
