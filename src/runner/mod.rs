@@ -5,6 +5,8 @@
 //! `Cache`, then decode steps with the KV cache, each phase's peak read from a
 //! [`MemoryProbe`].
 
+pub mod checkpoint;
+
 use crate::estimate::Workload;
 use crate::probe::MemoryProbe;
 use crate::spec::{DType, ModelSpec, TensorSpec};
@@ -16,6 +18,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Errors from loading or running a model.
+/// "tensor `name`: " for a tensor's error, nothing for a whole file's.
+fn tensor_prefix(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!("tensor `{name}`: ")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The config describes something candle-transformers' llama cannot run.
@@ -25,7 +36,7 @@ pub enum RunError {
     #[error("{path}: no .safetensors files found")]
     NoWeights { path: PathBuf },
     /// A checkpoint tensor is missing or has the wrong shape for the config.
-    #[error("{path}: tensor `{name}`: {reason}")]
+    #[error("{path}: {}{reason}", tensor_prefix(.name))]
     BadTensor {
         path: PathBuf,
         name: String,
@@ -346,31 +357,50 @@ fn local_tensors(
             path: dir.to_path_buf(),
         });
     }
+    // Every header read and checked first (only the headers are read): a truncated or
+    // corrupt file, or a tensor that does not match config.json, is named before loading.
+    let mut entries = std::collections::BTreeMap::new();
+    for f in &files {
+        for e in read_header(f)? {
+            entries.insert(e.name.clone(), e);
+        }
+    }
+    checkpoint::check_against(spec, &entries).map_err(|(name, reason)| RunError::BadTensor {
+        path: dir.to_path_buf(),
+        name,
+        reason,
+    })?;
     // SAFETY: the files are mapped read-only and must not be modified while we load them;
     // every tensor is copied out before the maps are dropped at the end of this function.
     #[allow(unsafe_code)]
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
     let mut out = HashMap::new();
     for t in spec.tensors() {
-        let bad = |reason: String| RunError::BadTensor {
-            path: dir.to_path_buf(),
-            name: t.name.clone(),
-            reason,
-        };
-        let view = st
-            .get(&t.name)
-            .map_err(|_| bad("missing from the checkpoint".into()))?;
-        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        if shape != t.shape {
-            return Err(bad(format!(
-                "shape {shape:?} in the checkpoint, {:?} expected from config.json",
-                t.shape
-            )));
-        }
         let tensor = st.load(&t.name, device)?.to_dtype(dtype)?;
         out.insert(t.name.clone(), tensor);
     }
     Ok(out)
+}
+
+/// One safetensors file's header, checked against the file's length.
+fn read_header(path: &Path) -> Result<Vec<checkpoint::Entry>, RunError> {
+    use std::io::Read;
+    let bad = |reason: String| RunError::BadTensor {
+        path: path.to_path_buf(),
+        name: String::new(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = f.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut prefix = Vec::with_capacity(8);
+    (&mut f)
+        .take(8)
+        .read_to_end(&mut prefix)
+        .map_err(|e| bad(e.to_string()))?;
+    let n = checkpoint::header_len(&prefix, len).map_err(bad)?;
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    checkpoint::parse(&header, len - 8 - n).map_err(bad)
 }
 
 impl Runner {

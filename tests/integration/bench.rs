@@ -208,6 +208,40 @@ fn local_safetensors_load_and_bad_shapes_are_named() {
         "{err}"
     );
 
+    // Truncated and corrupt files: named, exit 2, before anything loads.
+    candle_core::safetensors::save(&bad, weights.join("model.safetensors")).unwrap();
+    let good = std::fs::read(weights.join("model.safetensors")).unwrap();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "truncated data",
+            good[..good.len() - 100].to_vec(),
+            "truncated file?",
+        ),
+        ("truncated header", good[..40].to_vec(), "truncated"),
+        (
+            "not safetensors",
+            b"PK\x03\x04 this is a zip".to_vec(),
+            "over the",
+        ),
+        ("empty", Vec::new(), "too short"),
+    ];
+    for (what, bytes, says) in cases {
+        std::fs::write(weights.join("model.safetensors"), &bytes).unwrap();
+        let o = vramprobe(&[
+            "bench",
+            "--weights",
+            path_str(&weights),
+            "--out",
+            path_str(&dir.path().join(format!("run-{}", what.replace(' ', "-")))),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("model.safetensors") && err.contains(says) && !err.contains("panicked"),
+            "{what}: {err}"
+        );
+    }
+
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let o = vramprobe(&[

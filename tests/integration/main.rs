@@ -3,6 +3,7 @@
 
 mod bench;
 mod estimate;
+mod fuzz_regressions;
 mod gpu_reports;
 mod html;
 mod hub;
