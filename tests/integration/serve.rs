@@ -772,3 +772,37 @@ fn a_real_prometheus_scrapes_the_daemon() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn sweeps_at_start_up_and_on_a_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let d = Daemon::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--runs-dir",
+        path_str(&runs),
+        "--bench-on-start",
+        "--bench-every",
+        "2s",
+        "--bench-batch",
+        "1",
+        "--bench-context",
+        "64",
+        "--bench-decode-steps",
+        "2",
+    ]);
+    // The start-up sweep, then at least one scheduled one, each stored as its own run.
+    d.wait_for(120, "two completed sweeps", |d| {
+        let m = d.metrics();
+        line_value(&m, "vramprobe_bench_sweeps_started_total").unwrap_or(0.0) >= 2.0
+            && m.contains("vramprobe_bench_running 0")
+            && d.json("/api/v1/runs")["runs"].as_array().unwrap().len() >= 2
+    });
+    let j = d.json("/api/v1/bench");
+    assert_eq!(j["outcome"], "completed", "{j}");
+    assert_eq!(j["request"]["batch"], serde_json::json!([1]));
+    assert!(d
+        .metrics()
+        .contains("vramprobe_bench_sweeps_failed_total 0"));
+}
