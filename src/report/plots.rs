@@ -240,6 +240,17 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// The label of a categorical axis at `x`: the category at an integer position, nothing
+/// between categories.
+fn category(labels: &[String], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 0.01 && i >= 0.0 {
+        labels.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 /// Short label of a point: "b1 x 128".
 fn label(batch: u64, context: u64) -> String {
     format!("{batch}x{context}")
@@ -291,14 +302,7 @@ fn components(r: &Report, out: &mut String) -> Drawn {
         .y_label_formatter(&|y| tick(*y))
         .disable_x_mesh()
         .x_labels(n.min(40))
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category(&labels, *x))
         .x_label_style((FONT, 10))
         .x_desc("batch x context")
         .y_desc(format!("estimated ({unit_name})"))
@@ -376,14 +380,7 @@ fn error(r: &Report, out: &mut String) -> Drawn {
         .y_label_formatter(&|y| tick(*y))
         .disable_x_mesh()
         .x_labels(n.min(40))
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category(&labels, *x))
         .x_label_style((FONT, 10))
         .x_desc("batch x context")
         .y_desc("error (%)")
@@ -481,14 +478,7 @@ fn boundary(r: &Report, out: &mut String) -> Drawn {
         .y_label_formatter(&|y| tick(*y))
         .disable_x_mesh()
         .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category(&labels, *x))
         .y_desc("context (tokens)")
         .draw()?;
     let series = |f: fn(&BoundaryRow) -> Option<u64>| -> Vec<(f64, f64)> {
