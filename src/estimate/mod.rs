@@ -7,11 +7,13 @@
 //! broken down into named [`Component`]s.
 
 pub mod candle_eager;
+pub mod candle_train;
 pub mod cuda;
 pub mod fit;
 pub mod gpus;
 pub mod hf;
 pub mod train;
+pub mod train_graph;
 
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;

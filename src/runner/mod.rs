@@ -6,6 +6,7 @@
 //! [`MemoryProbe`].
 
 pub mod checkpoint;
+pub mod train;
 
 use crate::estimate::Workload;
 use crate::probe::MemoryProbe;
