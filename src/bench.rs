@@ -10,11 +10,13 @@
 //! - `cuda_pool_reserved` and `nvml_device`: recorded raw, compared likewise (the device's
 //!   figure includes other processes' memory before ours).
 
+use crate::estimate::candle_train::{self, LoraSetup, TrainPhase};
 use crate::estimate::cuda::{self as cuda_est, CudaOverheads};
 use crate::estimate::{self, Backend, EngineProfile, Phase, Workload};
 use crate::plan::{Grid, PlanError};
 use crate::probe::host::HostAllocProbe;
 use crate::probe::MemoryProbe;
+use crate::runner::train::TrainRunner;
 use crate::runner::{
     Accel, DeviceKind, PhaseFailure, PhaseMeasurement, RunError, Runner, WeightsSource,
 };
@@ -81,6 +83,68 @@ pub struct BenchOptions {
     pub resume: bool,
     /// Set (by SIGINT/SIGTERM) to stop after the point being measured.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Measure training steps instead of inference (`--mode train`).
+    pub train: Option<TrainOptions>,
+}
+
+/// `bench --mode train`: a full fine-tune, or LoRA adapters on a frozen model.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub lora: Option<LoraSetup>,
+}
+
+/// The loaded model: for inference, or with trainable variables.
+enum Model {
+    Infer(Runner),
+    Train(TrainRunner),
+}
+
+impl Model {
+    fn load(
+        opts: &BenchOptions,
+        accel: Arc<Accel>,
+        probe: &dyn MemoryProbe,
+    ) -> Result<Self, RunError> {
+        Ok(match &opts.train {
+            None => Model::Infer(Runner::load(
+                &opts.spec,
+                opts.dtype,
+                &opts.weights,
+                accel,
+                probe,
+            )?),
+            Some(t) => Model::Train(TrainRunner::load(
+                &opts.spec,
+                opts.dtype,
+                &opts.weights,
+                t.lora.as_ref(),
+                accel,
+                probe,
+            )?),
+        })
+    }
+
+    fn weights_bytes(&self) -> u64 {
+        match self {
+            Model::Infer(r) => r.weights_bytes,
+            Model::Train(r) => r.weights_bytes,
+        }
+    }
+
+    fn warmup_residue_bytes(&self) -> u64 {
+        match self {
+            Model::Infer(r) => r.warmup_residue_bytes,
+            Model::Train(r) => r.warmup_residue_bytes,
+        }
+    }
+
+    /// The phases recorded per point, by name.
+    fn phases(&self) -> Vec<&'static str> {
+        match self {
+            Model::Infer(_) => vec![Phase::Prefill.as_str(), Phase::Decode.as_str()],
+            Model::Train(_) => TrainPhase::ALL.iter().map(|p| p.as_str()).collect(),
+        }
+    }
 }
 
 /// The largest context whose prefill candle 0.11 can run on CUDA at batch `b`: its CUDA
@@ -149,6 +213,13 @@ pub fn run(
                 .into(),
         ));
     }
+    if opts.train.is_some() && opts.find_boundary.is_some() {
+        return Err(BenchError::Options(
+            "--find-boundary is for inference; with --mode train the grid's out-of-memory \
+             points are the boundary"
+                .into(),
+        ));
+    }
     if opts.memory_limit.is_some() && opts.device == DeviceKind::Cpu {
         return Err(BenchError::Options(
             "--memory-limit needs a GPU (--device cuda)".into(),
@@ -169,13 +240,7 @@ pub fn run(
         DeviceKind::Cpu => {
             let accel = Arc::new(Accel::open(DeviceKind::Cpu)?);
             tracing::info!(model = %opts.spec.name(), dtype = %opts.dtype, "loading weights");
-            let runner = Runner::load(
-                &opts.spec,
-                opts.dtype,
-                &opts.weights,
-                accel,
-                &HostAllocProbe,
-            )?;
+            let runner = Model::load(opts, accel, &HostAllocProbe)?;
             let info = resumed(opts, run_info(opts, &runner, "cpu".into(), None))?;
             dir.write_info(&info)?;
             let probes = Probes {
@@ -276,14 +341,14 @@ fn run_cuda(
     };
 
     tracing::info!(model = %opts.spec.name(), dtype = %opts.dtype, "loading weights");
-    let runner = Runner::load(&opts.spec, opts.dtype, &opts.weights, accel.clone(), pool)?;
+    let model = Model::load(opts, accel.clone(), pool)?;
     // Runner::load warms up after loading: the weights figure is the pool's, the process
     // figures below are after warm-up.
     let after_weights = process_now();
     accel.settle();
     let after_warmup = process_now();
     let stats = pool.stats();
-    let fixed_overhead = after_warmup.saturating_sub(runner.weights_bytes);
+    let fixed_overhead = after_warmup.saturating_sub(model.weights_bytes());
     // Everything of the process outside the pool: context, kernels, library workspaces.
     let nonpool = after_warmup.saturating_sub(stats.reserved);
     let gpu_run = GpuRun {
@@ -305,7 +370,7 @@ fn run_cuda(
     let device_name = info_gpu
         .as_ref()
         .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone());
-    let mut info = resumed(opts, run_info(opts, &runner, device_name, Some(gpu_run)))?;
+    let mut info = resumed(opts, run_info(opts, &model, device_name, Some(gpu_run)))?;
     dir.write_info(&info)?;
     let overheads = CudaOverheads {
         context_bytes: after_context,
@@ -328,15 +393,13 @@ fn run_cuda(
         list,
         backend: Backend::Cuda,
         overheads,
-        residue: runner.warmup_residue_bytes,
+        residue: model.warmup_residue_bytes(),
         device_before: before_mem.map_or(0, |m| m.used),
         ballast: ballast_bytes,
     };
-    let mut points = sweep(
-        opts, &info, &runner, &probes, workloads, done, dir, on_point,
-    )?;
+    let mut points = sweep(opts, &info, &model, &probes, workloads, done, dir, on_point)?;
 
-    if let Some(step) = opts.find_boundary {
+    if let (Some(step), Model::Infer(runner)) = (opts.find_boundary, &model) {
         let capacity = opts
             .memory_limit
             .unwrap_or_else(|| before_mem.map_or_else(|| pool.mem_free_total().0, |m| m.free));
@@ -345,7 +408,7 @@ fn run_cuda(
             let bd = find_boundary(
                 opts,
                 &info,
-                &runner,
+                runner,
                 &probes,
                 b,
                 step,
@@ -404,7 +467,7 @@ fn resumed(opts: &BenchOptions, mut info: RunInfo) -> Result<RunInfo, StoreError
     Ok(info)
 }
 
-fn run_info(opts: &BenchOptions, runner: &Runner, device: String, gpu: Option<GpuRun>) -> RunInfo {
+fn run_info(opts: &BenchOptions, runner: &Model, device: String, gpu: Option<GpuRun>) -> RunInfo {
     RunInfo {
         schema_version: 1,
         started_at: store::utc_rfc3339(std::time::SystemTime::now()),
@@ -418,8 +481,19 @@ fn run_info(opts: &BenchOptions, runner: &Runner, device: String, gpu: Option<Gp
         weights: opts.weights.describe(),
         grid: opts.grid.clone(),
         environment: Environment::detect(),
-        measured_weights_bytes: runner.weights_bytes,
-        warmup_residue_bytes: runner.warmup_residue_bytes,
+        measured_weights_bytes: runner.weights_bytes(),
+        warmup_residue_bytes: runner.warmup_residue_bytes(),
+        train: match (runner, &opts.train) {
+            (Model::Train(t), Some(o)) => Some(store::TrainInfo {
+                optimizer: "adamw".into(),
+                optimizer_note: "candle-nn 0.11 AdamW: first and second moments in the \
+                                 parameters' dtype"
+                    .into(),
+                lora: o.lora.clone(),
+                trainable_params: t.trainable_params,
+            }),
+            _ => None,
+        },
         gpu,
         settings: opts.settings.clone(),
         resumed_at: Vec::new(),
@@ -430,23 +504,22 @@ fn run_info(opts: &BenchOptions, runner: &Runner, device: String, gpu: Option<Gp
 fn sweep(
     opts: &BenchOptions,
     info: &RunInfo,
-    runner: &Runner,
+    runner: &Model,
     probes: &Probes<'_>,
     workloads: &[Workload],
     done: &Done,
     dir: &mut RunDir,
     on_point: &mut impl FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
-    let mut points = Vec::with_capacity(workloads.len() * 2);
-    let phases = [Phase::Prefill, Phase::Decode];
-    let is_done =
-        |w: &Workload, p: Phase| done.contains(&(w.batch, w.context, p.as_str().to_string()));
+    let phases = runner.phases();
+    let mut points = Vec::with_capacity(workloads.len() * phases.len());
+    let is_done = |w: &Workload, p: &str| done.contains(&(w.batch, w.context, p.to_string()));
     for (i, &w) in workloads.iter().enumerate() {
         if phases.iter().all(|&p| is_done(&w, p)) {
             continue; // stored by the run being resumed
         }
         if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
-            let total = workloads.len() * 2;
+            let total = workloads.len() * phases.len();
             let remaining: usize = workloads[i..]
                 .iter()
                 .map(|w| phases.iter().filter(|&&p| !is_done(w, p)).count())
@@ -457,7 +530,10 @@ fn sweep(
                 dir: dir.path().display().to_string(),
             });
         }
-        let recs = measure(opts, info, runner, probes, w, "grid")?;
+        let recs = match runner {
+            Model::Infer(r) => measure(opts, info, r, probes, w, "grid")?,
+            Model::Train(t) => measure_train(opts, info, t, probes, w)?,
+        };
         for rec in recs {
             // A resumed run may hold one phase of this point already: never store it twice.
             if done.contains(&(rec.batch, rec.context, rec.phase.clone())) {
@@ -514,6 +590,93 @@ fn measure(
             let mut rec = record(info, &est, w, phase, measured, probes, runner.weights_bytes);
             rec.stage = stage.into();
             rec
+        })
+        .collect())
+}
+
+/// Measure two training steps of one workload and turn them into one record per phase
+/// ([`TrainPhase::ALL`]).
+fn measure_train(
+    opts: &BenchOptions,
+    info: &RunInfo,
+    runner: &TrainRunner,
+    probes: &Probes<'_>,
+    w: Workload,
+) -> Result<Vec<PointRecord>, BenchError> {
+    let lora = opts.train.as_ref().and_then(|t| t.lora.as_ref());
+    let est = candle_train::estimate(
+        &opts.spec,
+        opts.dtype,
+        probes.backend == Backend::Cpu,
+        w.batch,
+        w.context,
+        lora,
+    );
+    let w = Workload {
+        decode_steps: 0,
+        ..w
+    };
+    let too_big = probes.backend == Backend::Cuda
+        && w.context > cuda_element_limit_context(&opts.spec, w.batch);
+    let mut m = if too_big {
+        None
+    } else {
+        tracing::info!(
+            batch = w.batch,
+            context = w.context,
+            "measuring a training step"
+        );
+        Some(runner.run_point(w.batch, w.context, &probes.list)?)
+    };
+    let weights = est.forward.get(candle_train::Part::Weights);
+    let failed_oom = m.as_ref().is_some_and(|m| {
+        m.phases
+            .iter()
+            .any(|(_, r)| r.as_ref().is_err_and(|f| f.oom))
+    });
+    Ok(TrainPhase::ALL
+        .into_iter()
+        .map(|phase| {
+            let parts = est.phase(phase);
+            // The process beyond the tensors: context, libraries, the warm-up's residue
+            // (the pool's rounding is not modelled for training).
+            let process = parts.total()
+                + probes.overheads.context_bytes
+                + probes.overheads.libraries_bytes
+                + probes.residue;
+            let e = PointEstimate {
+                tensors: parts.total(),
+                weights,
+                components: parts.to_map(),
+                pool_reserved: parts.total() + probes.residue,
+                process,
+            };
+            let measured = match m.as_mut() {
+                None => Err(PhaseFailure {
+                    oom: false,
+                    message: format!(
+                        "not run: batch {} x {} heads x context {}^2 attention scores exceed \
+                         the 2^32 elements candle 0.11's CUDA kernels can address",
+                        w.batch, opts.spec.num_heads, w.context
+                    ),
+                }),
+                Some(m) => match m.phases.iter().position(|(p, _)| *p == phase) {
+                    Some(i) => m.phases.remove(i).1,
+                    None => Err(PhaseFailure {
+                        oom: failed_oom,
+                        message: "not run: an earlier phase of the step failed".into(),
+                    }),
+                },
+            };
+            record_with(
+                info,
+                w,
+                phase.as_str(),
+                &e,
+                measured,
+                probes,
+                runner.weights_bytes,
+            )
         })
         .collect())
 }
@@ -676,9 +839,45 @@ fn record(
     measured_weights: u64,
 ) -> PointRecord {
     let pe = est.phase(phase);
-    let estimated = pe.total_bytes();
     let process = cuda_est::process(est, phase, probes.residue, &probes.overheads);
-    let est_above = estimated.saturating_sub(est.weights_bytes);
+    let e = PointEstimate {
+        tensors: pe.total_bytes(),
+        weights: est.weights_bytes,
+        components: pe
+            .peak
+            .to_map()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        pool_reserved: process.pool_reserved_bytes,
+        process: process.total_bytes(),
+    };
+    record_with(info, w, phase.as_str(), &e, m, probes, measured_weights)
+}
+
+/// One phase's estimate in every source's terms.
+struct PointEstimate {
+    /// Tensor bytes at the peak (weights included): the allocator-exact sources' terms.
+    tensors: u64,
+    weights: u64,
+    components: BTreeMap<String, u64>,
+    /// What the CUDA pool holds reserved at the peak.
+    pool_reserved: u64,
+    /// The whole process as NVML sees it.
+    process: u64,
+}
+
+fn record_with(
+    info: &RunInfo,
+    w: Workload,
+    phase: &str,
+    e: &PointEstimate,
+    m: Result<PhaseMeasurement, PhaseFailure>,
+    probes: &Probes<'_>,
+    measured_weights: u64,
+) -> PointRecord {
+    let estimated = e.tensors;
+    let est_above = estimated.saturating_sub(e.weights);
     let mut rec = PointRecord {
         model: info.model.clone(),
         dtype: info.dtype.clone(),
@@ -686,15 +885,10 @@ fn record(
         device: info.device.clone(),
         batch: w.batch,
         context: w.context,
-        phase: phase.as_str().into(),
+        phase: phase.into(),
         decode_steps: w.decode_steps,
         estimated_bytes: estimated,
-        estimated_components: pe
-            .peak
-            .to_map()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        estimated_components: e.components.clone(),
         measured_peak_bytes: 0,
         source: String::new(),
         measured: BTreeMap::new(),
@@ -717,7 +911,7 @@ fn record(
             rec.message = Some(f.message);
             if probes.backend == Backend::Cuda {
                 rec.estimated_by_source
-                    .insert("nvml_process".into(), process.total_bytes());
+                    .insert("nvml_process".into(), e.process);
             }
             return rec;
         }
@@ -730,11 +924,11 @@ fn record(
                 peak.saturating_sub(start.saturating_sub(measured_weights)),
                 estimated,
             ),
-            "cuda_pool_reserved" => (peak, process.pool_reserved_bytes),
-            "nvml_process" => (peak.saturating_sub(probes.ballast), process.total_bytes()),
+            "cuda_pool_reserved" => (peak, e.pool_reserved),
+            "nvml_process" => (peak.saturating_sub(probes.ballast), e.process),
             "nvml_device" => (
                 peak.saturating_sub(probes.ballast),
-                process.total_bytes() + probes.device_before,
+                e.process + probes.device_before,
             ),
             _ => (peak, estimated),
         };

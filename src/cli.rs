@@ -318,12 +318,25 @@ pub struct BenchArgs {
     /// Element type to load and run the model in.
     #[arg(long, default_value = "f32")]
     pub dtype: DType,
-    /// Batch sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 2, 4])]
+    /// Batch sizes, comma-separated [default: 1,2,4; with --mode train: 1,2].
+    #[arg(long, value_delimiter = ',')]
     pub batch: Vec<u64>,
-    /// Context lengths (prompt tokens), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [128u64, 256, 512, 1024])]
+    /// Context lengths (prompt tokens), comma-separated [default: 128,256,512,1024; with
+    /// --mode train: 128,256,512].
+    #[arg(long, value_delimiter = ',')]
     pub context: Vec<u64>,
+    /// `inference` (prefill, then decode steps) or `train`: two training steps per point
+    /// (forward, loss over every position, backward, candle-nn's AdamW step), the peak of
+    /// each phase measured.
+    #[arg(long, value_enum, default_value_t = ModeArg::Inference)]
+    pub mode: ModeArg,
+    /// With --mode train: train LoRA adapters of this rank on a frozen model instead of
+    /// every parameter.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lora_rank: Option<u64>,
+    /// With --lora-rank: the projections that get adapters (q, k, v, o, gate, up, down).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    pub lora_targets: Vec<crate::estimate::train::Target>,
     /// Decode steps measured after each prefill.
     #[arg(long, default_value_t = 8)]
     pub decode_steps: u64,
@@ -962,6 +975,21 @@ fn resume_args(a: &BenchArgs, dir: &Path) -> anyhow::Result<BenchArgs> {
         batch: info.grid.batches,
         context: info.grid.contexts,
         decode_steps: info.grid.decode_steps,
+        mode: if s.mode.as_deref() == Some("train") {
+            ModeArg::Train
+        } else {
+            ModeArg::Inference
+        },
+        lora_rank: s.lora.as_ref().map(|l| l.rank),
+        lora_targets: s.lora.as_ref().map_or_else(
+            || {
+                vec![
+                    crate::estimate::train::Target::Q,
+                    crate::estimate::train::Target::V,
+                ]
+            },
+            |l| l.targets.clone(),
+        ),
         weights: Some(s.weights),
         seed: s.seed,
         out: Some(dir.to_path_buf()),
@@ -1018,10 +1046,30 @@ fn sweep_bar(quiet: bool, points: u64) -> indicatif::ProgressBar {
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
-    let (a, resume) = match &a.resume {
+    let (mut a, resume) = match &a.resume {
         Some(dir) => (resume_args(&a, dir)?, true),
         None => (a, false),
     };
+    let train = a.mode == ModeArg::Train;
+    if a.batch.is_empty() {
+        a.batch = if train { vec![1, 2] } else { vec![1, 2, 4] };
+    }
+    if a.context.is_empty() {
+        a.context = if train {
+            vec![128, 256, 512]
+        } else {
+            vec![128, 256, 512, 1024]
+        };
+    }
+    if a.lora_rank.is_some() && !train {
+        return Err(BadInput("--lora-rank needs --mode train".into()).into());
+    }
+    let lora = a
+        .lora_rank
+        .map(|rank| crate::estimate::candle_train::LoraSetup {
+            rank,
+            targets: a.lora_targets.clone(),
+        });
     let is_hub = matches!(model_ref(a.model.as_deref()), ModelRef::Hub(_));
     let weights_arg = a
         .weights
@@ -1061,8 +1109,10 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         find_boundary: a.find_boundary.then_some(a.boundary_step),
         memory_limit: a.memory_limit,
         max_position: a.max_position,
+        mode: train.then(|| "train".into()),
+        lora: lora.clone(),
     };
-    let out = a.out.unwrap_or_else(|| {
+    let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
             "{}-{}",
             store::utc_stamp(std::time::SystemTime::now()),
@@ -1090,12 +1140,14 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         settings: Some(settings),
         resume,
         stop: Some(stop_flag()?),
+        train: train.then(|| bench::TrainOptions { lora }),
     };
+    let per_point = if train { 4 } else { 2 };
     let bar = sweep_bar(
         a.quiet,
         opts.grid
             .workloads(&opts.spec)
-            .map_or(0, |w| w.len() as u64 * 2),
+            .map_or(0, |w| w.len() as u64 * per_point),
     );
     if resume {
         // What the run being resumed already stored.

@@ -114,6 +114,19 @@ pub struct RunInfo {
     /// When the run was resumed, if it was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumed_at: Vec<String>,
+    /// `bench --mode train`: what was trained and how (absent for inference runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainInfo>,
+}
+
+/// The training setup of a `bench --mode train` run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainInfo {
+    pub optimizer: String,
+    pub optimizer_note: String,
+    /// LoRA adapters (None: a full fine-tune).
+    pub lora: Option<crate::estimate::candle_train::LoraSetup>,
+    pub trainable_params: u64,
 }
 
 /// The options of `bench` that decide what is measured (the grid is in [`RunInfo::grid`]).
@@ -132,6 +145,12 @@ pub struct BenchSettings {
     pub find_boundary: Option<u64>,
     pub memory_limit: Option<u64>,
     pub max_position: Option<u64>,
+    /// `inference` (absent in older runs) or `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `--lora-rank` and `--lora-targets` of a training run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::estimate::candle_train::LoraSetup>,
 }
 
 /// A GPU run's device and baselines, all measured in this run.

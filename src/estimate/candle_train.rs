@@ -132,7 +132,8 @@ impl TrainPhase {
 }
 
 /// LoRA as the runner trains it: adapters in the model dtype on the targeted projections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoraSetup {
     pub rank: u64,
     pub targets: Vec<super::train::Target>,

@@ -90,7 +90,7 @@ impl std::str::FromStr for Checkpointing {
 }
 
 /// A linear layer LoRA can target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     Q,
