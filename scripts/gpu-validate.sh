@@ -12,7 +12,11 @@
 #   3. Llama-3-8B BF16, synthetic weights, batch {1,2,4,8} x context {128,...,8192}, prefill
 #      + 8 decode steps on the whole card; then the out-of-memory boundary per batch within
 #      a 40 GiB budget (see 3b)
+#   3c. Llama-3-8B BF16 training (bench --mode train), batch 1, short contexts: a full
+#      fine-tune (candle-nn AdamW) and LoRA r16 on q,v; an out-of-memory phase is a result
 #   4. scripts/torch_reference.py on the same grid (eager and sdpa attention)
+#
+# ONLY_TRAIN=1 runs steps 1 and 3c only (the inference grid is in reports/gpu/ already).
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -52,6 +56,25 @@ nvidia-smi >"$work/nvidia-smi.txt" 2>&1
 "$bin" --version | tee -a "$log" || { say "the binary does not start"; ldd "$bin" | tee -a "$log"; exit 1; }
 pack
 
+train() {
+  # 3c. Training: forward, loss over every position, backward, AdamW; two steps per point.
+  say "Llama-3-8B bf16 training, full fine-tune"
+  VRAMPROBE_LOG=info timeout "${TRAIN_TIMEOUT:-150}" "$bin" bench --device cuda --dtype bf16 \
+    --model models/meta-llama-3-8b-instruct --weights synthetic --mode train \
+    --batch 1 --context "${TRAIN_CONTEXTS:-128,256,512,1024}" \
+    --out "$work/llama3-8b-train-full" >"$work/llama3-8b-train-full.txt" 2>>"$log"
+  say "train full: rc $?"; tail -n 3 "$work/llama3-8b-train-full.txt" | tee -a "$log"
+  pack
+  say "Llama-3-8B bf16 training, LoRA r16 q,v"
+  VRAMPROBE_LOG=info timeout "${TRAIN_TIMEOUT:-150}" "$bin" bench --device cuda --dtype bf16 \
+    --model models/meta-llama-3-8b-instruct --weights synthetic --mode train \
+    --lora-rank 16 --lora-targets q,v --batch 1 --context "${TRAIN_CONTEXTS:-128,256,512,1024}" \
+    --out "$work/llama3-8b-train-lora" >"$work/llama3-8b-train-lora.txt" 2>>"$log"
+  say "train lora: rc $?"; tail -n 3 "$work/llama3-8b-train-lora.txt" | tee -a "$log"
+  pack
+}
+if [ -n "${ONLY_TRAIN:-}" ]; then train; say "done (training only): $out/results.tar.gz"; exit 0; fi
+
 # 2. Tiny model on CUDA (SKIP_TINY=1 skips it).
 if [ -z "${SKIP_TINY:-}" ]; then
   say "tiny model, bf16, CUDA"
@@ -83,6 +106,8 @@ VRAMPROBE_LOG=info timeout "${BOUNDARY_TIMEOUT:-170}" "$bin" bench --device cuda
   --out "$work/llama3-8b-boundary" >"$work/llama3-8b-boundary.txt" 2>>"$log"
 say "llama boundary: rc $?"; tail -n 3 "$work/llama3-8b-boundary.txt" | tee -a "$log"
 pack
+
+train
 
 # 4. PyTorch reference on the same grid (SKIP_TORCH=1 skips it).
 if [ -n "${SKIP_TORCH:-}" ]; then say "done (torch skipped): $out/results.tar.gz"; exit 0; fi

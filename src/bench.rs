@@ -1005,6 +1005,7 @@ mod tests {
             gpu: None,
             settings: None,
             resumed_at: Vec::new(),
+            train: None,
         };
         (spec, info, est, w)
     }

@@ -815,6 +815,29 @@ fn run_estimate_train(
     let setup = a.train.setup(a.quant)?;
     let t = estimate_train(spec, dtype, a.engine, w.batch, w.context, &setup);
     let rule = crate::estimate::rule_of_thumb(spec.param_count());
+    // candle-eager: the step `bench --mode train` runs (candle-nn's AdamW, moments in the
+    // model dtype, no checkpointing), simulated phase by phase.
+    let candle = (a.engine == EngineProfile::CandleEager).then(|| {
+        use crate::estimate::candle_train::{estimate, LoraSetup, TrainPhase};
+        let lora = setup.lora.as_ref().map(|l| LoraSetup {
+            rank: l.rank,
+            targets: l.targets.clone(),
+        });
+        let p = estimate(
+            spec,
+            dtype,
+            a.device == DeviceArg::Cpu,
+            w.batch,
+            w.context,
+            lora.as_ref(),
+        );
+        let phases: Vec<(&'static str, u64, std::collections::BTreeMap<String, u64>)> =
+            TrainPhase::ALL
+                .iter()
+                .map(|ph| (ph.as_str(), p.phase(*ph).total(), p.phase(*ph).to_map()))
+                .collect();
+        (p.total_bytes(), phases)
+    });
     if a.json {
         let v = json!({
             "model": spec.name(), "config": spec.source, "mode": "train", "dtype": dtype,
@@ -829,6 +852,12 @@ fn run_estimate_train(
             },
             "total_bytes": t.total_bytes(), "weights_only_bytes": spec.param_count() * dtype.size_in_bytes(),
             "rule_of_thumb": rule,
+            "candle_eager_step": candle.as_ref().map(|(total, phases)| json!({
+                "total_bytes": total,
+                "phases": phases.iter().map(|(n, b, parts)| json!({
+                    "phase": n, "bytes": b, "components": parts,
+                })).collect::<Vec<_>>(),
+            })),
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -836,6 +865,25 @@ fn run_estimate_train(
             "{}",
             report::train_table(&spec.name(), dtype, w, &setup, &t, &rule)
         );
+        if let Some((total, phases)) = &candle {
+            outln!(
+                "\ncandle-eager training step (what `bench --mode train` runs and measures: \
+                 candle-nn AdamW with moments in {dtype}, no checkpointing; the optimizer, \
+                 checkpointing, ZeRO and quantization flags above do not apply to it):"
+            );
+            for (name, bytes, parts) in phases {
+                let list: Vec<String> = parts
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", report::bytes(*v)))
+                    .collect();
+                outln!(
+                    "  {name:<22} {:>12}  ({})",
+                    report::bytes(*bytes),
+                    list.join(", ")
+                );
+            }
+            outln!("  {:<22} {:>12}", "peak", report::bytes(*total));
+        }
     }
     Ok(())
 }
@@ -1140,7 +1188,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         settings: Some(settings),
         resume,
         stop: Some(stop_flag()?),
-        train: train.then(|| bench::TrainOptions { lora }),
+        train: train.then_some(bench::TrainOptions { lora }),
     };
     let per_point = if train { 4 } else { 2 };
     let bar = sweep_bar(

@@ -868,10 +868,7 @@ struct Grads {
 impl Sim {
     /// `grads.or_insert(arg)`, then `*sum = f(sum)`. Gradients of `Var`s are re-tagged.
     fn accumulate(&self, g: &mut Grads, arg: &H, f: impl FnOnce(&Sim, &H) -> H) {
-        if !g.map.contains_key(&arg.id) {
-            let z = self.zeros_like(arg);
-            g.map.insert(arg.id, z);
-        }
+        g.map.entry(arg.id).or_insert_with(|| self.zeros_like(arg));
         let Some(sum) = g.map.get(&arg.id) else {
             return;
         };
@@ -978,10 +975,7 @@ impl Sim {
             Op::Unary(a, Unary::Silu) => {
                 let a = h(a);
                 // or_insert first, then sigmoid(x) * (1 - node) + node, then grad * that.
-                if !g.map.contains_key(&a.id) {
-                    let z = self.zeros_like(&a);
-                    g.map.insert(a.id, z);
-                }
+                g.map.entry(a.id).or_insert_with(|| self.zeros_like(&a));
                 let sigmoid = {
                     let n = self.unary(&a, Unary::Neg);
                     let e = self.unary(&n, Unary::Exp);
@@ -1342,5 +1336,80 @@ pub fn estimate(
         optimizer: peaks[2],
         optimizer_first: peaks[3],
         trainable_params,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimate::train::Target;
+
+    fn spec(name: &str) -> ModelSpec {
+        ModelSpec::from_path(std::path::Path::new(&format!("models/{name}"))).expect("config")
+    }
+
+    /// A full fine-tune: the moments are two copies of the weights, the optimizer phase holds
+    /// every gradient, and `AdamW::step`'s temporaries are 14 tensors the size of the largest
+    /// parameter (candle-nn computes on the `Var`s, so each temporary keeps the previous).
+    #[test]
+    fn full_fine_tune_parts() {
+        let s = spec("vramprobe-tiny-llama");
+        let p = estimate(&s, DType::F32, true, 1, 128, None);
+        let w = s.param_count() * 4;
+        assert_eq!(p.trainable_params, s.param_count());
+        assert_eq!(p.forward.get(Part::Weights), w);
+        assert_eq!(p.forward.get(Part::OptimizerStates), 2 * w);
+        assert_eq!(p.optimizer.get(Part::Gradients), w);
+        let largest = s.vocab_size * s.hidden_size * 4;
+        assert_eq!(p.optimizer.get(Part::OptimizerTemporaries), 14 * largest);
+        assert_eq!(p.optimizer.total(), p.optimizer_first.total());
+        assert!(p.backward.total() > p.forward.total());
+        assert_eq!(p.forward.get(Part::Gradients), 0);
+    }
+
+    /// Activations grow with the tokens (quadratically through the attention scores); the
+    /// optimizer step does not depend on them.
+    #[test]
+    fn activations_grow_with_tokens() {
+        let s = spec("vramprobe-tiny-llama");
+        let a = |b, c| estimate(&s, DType::F32, true, b, c, None);
+        let (short, long, wide) = (a(1, 128), a(1, 512), a(4, 128));
+        let act = |p: &TrainPeaks| p.forward.get(Part::Activations);
+        assert!(act(&long) > 4 * act(&short));
+        assert!(act(&wide) >= 4 * act(&short) - 4096);
+        assert_eq!(short.optimizer.total(), long.optimizer.total());
+    }
+
+    /// LoRA: only the adapters have moments and gradients; candle still stores gradients for
+    /// the frozen weights during backward (three weight-sized tensors each).
+    #[test]
+    fn lora_trains_the_adapters_only() {
+        let s = spec("vramprobe-tiny-llama");
+        let l = LoraSetup {
+            rank: 8,
+            targets: vec![Target::Q, Target::V],
+        };
+        let p = estimate(&s, DType::F32, true, 1, 128, Some(&l));
+        let adapters = s.num_layers * 8 * ((256 + 256) + (256 + 64));
+        assert_eq!(p.trainable_params, adapters);
+        assert_eq!(p.forward.get(Part::OptimizerStates), 2 * adapters * 4);
+        assert_eq!(p.optimizer.get(Part::Gradients), adapters * 4);
+        let frozen = s.param_count() * 4;
+        assert!(p.backward.get(Part::BackwardBuffers) > 2 * frozen);
+    }
+
+    /// Llama-3-8B in BF16 on CUDA, the seed's claim: weights, gradients and two BF16 moments
+    /// are 8 bytes per parameter (64.2 GB); candle's optimizer step adds 14 copies of the
+    /// 1.05 GB lm_head.
+    #[test]
+    fn llama3_8b_full_fine_tune_optimizer_step() {
+        let s = spec("meta-llama-3-8b-instruct");
+        let p = estimate(&s, DType::BF16, false, 1, 512, None);
+        let w = 16_060_522_496;
+        let lm_head = 128_256 * 4096 * 2;
+        assert_eq!(p.optimizer.total(), 4 * w + 14 * lm_head);
+        assert!(p.backward.total() > 64_000_000_000 && p.backward.total() < 80_000_000_000);
+        let long = estimate(&s, DType::BF16, false, 1, 1024, None);
+        assert!(long.total_bytes() > 80_000_000_000);
     }
 }

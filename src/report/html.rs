@@ -66,6 +66,37 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         "<h2>The rule of thumb against the measurement</h2>\n<p id=\"rule-of-thumb\">{}</p>",
         esc(&rule_sentence(r))
     );
+    if let Some(t) = &r.training {
+        let _ = writeln!(
+            o,
+            "<h2>Training: the seed's claim</h2>\n<p id=\"training-claim\">The seed: \
+             &ldquo;{}&rdquo; {}</p>",
+            esc(&t.seed_claim),
+            esc(&t.verdict)
+        );
+        let _ = writeln!(
+            o,
+            "<table id=\"llama3-training\">\n<thead><tr><th>Llama-3-8B, BF16, batch 1</th>\
+             <th class=\"n\">context</th><th class=\"n\">forward</th><th class=\"n\">backward\
+             </th><th class=\"n\">optimizer step</th><th class=\"n\">peak</th></tr></thead>\n<tbody>"
+        );
+        for e in &t.llama3_8b {
+            let _ = writeln!(
+                o,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1} GB</td>\
+                 <td class=\"n\">{:.1} GB</td><td class=\"n\">{:.1} GB</td>\
+                 <td class=\"n\"><b>{:.1} GB</b> ({})</td></tr>",
+                esc(&e.setup),
+                e.context,
+                e.forward_bytes as f64 / 1e9,
+                e.backward_bytes as f64 / 1e9,
+                e.optimizer_bytes as f64 / 1e9,
+                e.peak_bytes as f64 / 1e9,
+                esc(&e.peak_phase)
+            );
+        }
+        let _ = writeln!(o, "</tbody></table>");
+    }
     let _ = writeln!(o, "<h2>Plots</h2>");
     for p in plots {
         let id = p.file.trim_end_matches(".svg");

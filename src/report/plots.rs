@@ -256,11 +256,28 @@ fn label(batch: u64, context: u64) -> String {
     format!("{batch}x{context}")
 }
 
+/// The phases a run recorded, in the order they first appear.
+fn phases(r: &Report) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for p in &r.points {
+        if !out.contains(&p.phase.as_str()) {
+            out.push(&p.phase);
+        }
+    }
+    out
+}
+
 fn components(r: &Report, out: &mut String) -> Drawn {
+    // Inference: the prefill (where the activations peak); training: the backward pass.
+    let shown = if r.training.is_some() {
+        "train_backward"
+    } else {
+        "prefill"
+    };
     let mut prefill: Vec<&PointRecord> = r
         .points
         .iter()
-        .filter(|p| p.phase == "prefill" && p.stage == "grid")
+        .filter(|p| p.phase == shown && p.stage == "grid")
         .collect();
     prefill.sort_by_key(|p| (p.batch, p.context));
     let names: Vec<String> = {
@@ -287,7 +304,7 @@ fn components(r: &Report, out: &mut String) -> Drawn {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "The estimate's components at each prefill point (batch x context)",
+            format!("The estimate's components at each {shown} point (batch x context)"),
             (FONT, 18),
         )
         .margin(12)
@@ -389,14 +406,15 @@ fn error(r: &Report, out: &mut String) -> Drawn {
         [(-0.6, 0.0), (n as f64 - 0.4, 0.0)],
         GREY.stroke_width(1),
     ))?;
-    for (k, phase) in ["prefill", "decode"].into_iter().enumerate() {
+    for (k, phase) in phases(r).into_iter().enumerate() {
         let c = colour(k);
         let pts: Vec<(f64, f64)> = ok
             .iter()
             .filter(|p| p.phase == phase)
             .filter_map(|p| Some((index(p)? as f64, p.error_ratio * 100.0)))
             .collect();
-        if k == 0 {
+        let phase = phase.to_string();
+        if k % 2 == 0 {
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?
                 .label(phase)

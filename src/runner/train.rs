@@ -232,8 +232,6 @@ impl TrainRunner {
         } else {
             lin(&mut take, "lm_head", None)?
         };
-        drop(take);
-        drop(lin);
         trainable.extend(adapters);
         drop(tensors);
         let params = Params {

@@ -209,3 +209,37 @@ fn the_browser_check_sees_a_page_that_tries_to_fetch() {
     let tried = seen["violations"].to_string() + &seen["resources"].to_string();
     assert!(tried.contains("127.0.0.1:9"), "{seen}");
 }
+
+#[test]
+fn a_training_report_renders_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = vramprobe(&[
+        "bench",
+        "--mode",
+        "train",
+        "--batch",
+        "1,2",
+        "--context",
+        "64,128",
+        "--out",
+        path_str(&out),
+        "--quiet",
+    ]);
+    ok(&o);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let seen = assert_renders(
+        &html,
+        report["headline"].as_str().unwrap(),
+        &["plot-memory", "plot-components", "plot-error"],
+    );
+    // The components are the backward pass's, the errors are per training phase.
+    let components = seen["figures"][1]["texts"].to_string();
+    assert!(components.contains("train_backward"), "{components}");
+    assert!(components.contains("optimizer states"), "{components}");
+    let errors = seen["figures"][2]["texts"].to_string();
+    assert!(errors.contains("train_optimizer_first"), "{errors}");
+    assert!(html.contains("id=\"training-claim\"") && html.contains("64-80 GB"));
+}

@@ -10,6 +10,7 @@ mod hub;
 mod layering;
 mod report;
 mod serve;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
