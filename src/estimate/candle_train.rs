@@ -312,14 +312,6 @@ impl Inner {
         }
     }
 
-    /// A transient buffer: counted at its peak, then freed.
-    fn transient(&mut self, bytes: u64) {
-        if bytes > 0 {
-            let s = self.alloc(bytes);
-            self.release_storage(s);
-        }
-    }
-
     fn tracks(&self, id: usize) -> bool {
         self.nodes[id].var || self.nodes[id].op.is_some()
     }
@@ -633,13 +625,22 @@ impl Sim {
         let mut shape = sa[..sa.len() - 2].to_vec();
         shape.extend([m, n]);
         let mut s = self.inner.borrow_mut();
-        // CPU: gemm packs the right operand per call when the output is narrow enough.
-        if s.cpu && m >= 2 && (n as u64) <= GEMM_PREPACK_MAX {
-            let pack = (k as u64).min(GEMM_KC) * (n as u64).next_multiple_of(GEMM_MR) * 4;
-            s.transient(pack);
-        }
         let e = s.nodes[a.id].esize;
+        // CPU: gemm packs the right operand per call when the output is narrow enough; in
+        // bf16/f16 candle widens both operands to f32 and multiplies into an f32 buffer.
+        let mut transient = 0;
+        if s.cpu && m >= 2 && (n as u64) <= GEMM_PREPACK_MAX {
+            transient += (k as u64).min(GEMM_KC) * (n as u64).next_multiple_of(GEMM_MR) * 4;
+        }
+        if s.cpu && e != 4 {
+            let count = |x: &[usize]| x.iter().product::<usize>() as u64;
+            transient += (count(&sa) + count(&sb) + count(&shape)) * 4;
+        }
+        let scratch = (transient > 0).then(|| s.alloc(transient));
         let id = s.fresh(shape, e, Some(Op::Matmul(a.id, b.id)));
+        if let Some(t) = scratch {
+            s.release_storage(t);
+        }
         drop(s);
         self.h(id)
     }
