@@ -24,7 +24,7 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$CUDA_HOME/lib -L native=$CUDA_HOME/l
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/cuda}"
 
 start=$(date +%s)
-(cd "$root" && cargo build --release --locked --features cuda --bin vramprobe)
+(cd "$root" && cargo build --release --locked --no-default-features --features cuda --bin vramprobe)
 bin="$CARGO_TARGET_DIR/release/vramprobe"
 strip "$bin"
 echo "build-cuda: $bin ($(du -h "$bin" | cut -f1), compute capability $CUDA_COMPUTE_CAP, $(( $(date +%s) - start )) s)" >&2

@@ -6,9 +6,12 @@
 //! hf-hub does not read) means the local cache only. The token is never printed: errors
 //! name the repository and the endpoint, not the request headers.
 
+#[cfg(feature = "hub")]
 use hf_hub::progress::{DownloadEvent, Progress, ProgressEvent, ProgressHandler};
+#[cfg(feature = "hub")]
 use hf_hub::{HFClientSync, HFError};
 use std::path::PathBuf;
+#[cfg(feature = "hub")]
 use std::sync::Mutex;
 
 /// Why a model could not be fetched.
@@ -46,6 +49,7 @@ pub fn is_repo_id(s: &str) -> bool {
     }
 }
 
+#[cfg(feature = "hub")]
 fn endpoint() -> String {
     std::env::var("HF_ENDPOINT")
         .ok()
@@ -55,6 +59,7 @@ fn endpoint() -> String {
         .to_string()
 }
 
+#[cfg(feature = "hub")]
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
@@ -62,11 +67,13 @@ fn offline() -> bool {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal or `quiet`).
+#[cfg(feature = "hub")]
 struct Bar {
     bar: indicatif::ProgressBar,
     done: Mutex<std::collections::HashMap<String, u64>>,
 }
 
+#[cfg(feature = "hub")]
 impl ProgressHandler for Bar {
     fn on_progress(&self, event: &ProgressEvent) {
         let ProgressEvent::Download(e) = event else {
@@ -96,6 +103,7 @@ impl ProgressHandler for Bar {
 ///
 /// # Errors
 /// [`HubError`], with the repository named and, for a gated one, what to do.
+#[cfg(feature = "hub")]
 pub fn fetch(
     repo: &str,
     revision: Option<&str>,
@@ -148,6 +156,7 @@ pub fn fetch(
 /// hf-hub's blocking client runs a tokio runtime on a detached thread that frees its
 /// buffers after the client is dropped. The CPU bench counts every allocation of the
 /// process, so wait (up to 5 s) until that thread is gone before anything is measured.
+#[cfg(feature = "hub")]
 fn wait_for_runtime_exit() {
     let running = || {
         std::fs::read_dir("/proc/self/task")
@@ -165,6 +174,7 @@ fn wait_for_runtime_exit() {
     }
 }
 
+#[cfg(feature = "hub")]
 fn classify(repo: &str, e: HFError) -> HubError {
     let repo = repo.to_string();
     match e {
@@ -182,6 +192,25 @@ fn classify(repo: &str, e: HFError) -> HubError {
             message: other.to_string(),
         },
     }
+}
+
+/// Without the `hub` feature (the GPU build): models come from local directories only.
+///
+/// # Errors
+/// Always [`HubError::Other`], saying so.
+#[cfg(not(feature = "hub"))]
+pub fn fetch(
+    repo: &str,
+    _revision: Option<&str>,
+    _weights: bool,
+    _quiet: bool,
+) -> Result<PathBuf, HubError> {
+    Err(HubError::Other {
+        repo: repo.to_string(),
+        message: "this vramprobe was built without the `hub` feature (as the GPU build is): \
+                  pass a local model directory"
+            .into(),
+    })
 }
 
 #[cfg(test)]

@@ -49,9 +49,16 @@ fn percent(r: f64) -> String {
 /// The bench table: one row per point and phase.
 pub fn bench_table(points: &[PointRecord]) -> String {
     let mut out = String::new();
+    // Training phases (`train_optimizer_first`) are longer than `prefill`.
+    let pw = points
+        .iter()
+        .map(|p| p.phase.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
     let _ = writeln!(
         out,
-        "{:>5} {:>7} {:>7} {:>12} {:>12} {:>8}   {:>12} {:>12} {:>8}   {:>10}",
+        "{:>5} {:>7} {:>pw$} {:>12} {:>12} {:>8}   {:>12} {:>12} {:>8}   {:>10}",
         "batch",
         "context",
         "phase",
@@ -66,7 +73,7 @@ pub fn bench_table(points: &[PointRecord]) -> String {
     for p in points {
         let _ = writeln!(
             out,
-            "{:>5} {:>7} {:>7} {:>12} {:>12} {:>8}   {:>12} {:>12} {:>8}   {:>10.2}",
+            "{:>5} {:>7} {:>pw$} {:>12} {:>12} {:>8}   {:>12} {:>12} {:>8}   {:>10.2}",
             p.batch,
             p.context,
             p.phase,
