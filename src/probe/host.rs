@@ -183,18 +183,20 @@ mod tests {
 
     #[test]
     fn counts_a_large_allocation_and_its_free() {
+        // Other test threads allocate and free too (the training simulator's tests move
+        // tens of MiB): an attempt disturbed by them is retried; a broken counter fails all.
         let p = HostAllocProbe;
-        p.reset_peak();
-        let before = p.current_bytes();
-        let v: Vec<u8> = vec![1; 64 << 20];
-        // Other test threads allocate too; 64 MiB dwarfs them.
-        let during = p.current_bytes();
-        assert!(
-            during >= before + (64 << 20) - (1 << 20),
-            "{before} -> {during}"
-        );
-        drop(v);
-        assert!(p.peak_bytes() >= before + (64 << 20) - (1 << 20));
-        assert!(p.current_bytes() < during - (32 << 20));
+        let attempt = || {
+            p.reset_peak();
+            let before = p.current_bytes();
+            let v: Vec<u8> = vec![1; 64 << 20];
+            let during = p.current_bytes();
+            let grew = during >= before + (64 << 20) - (1 << 20);
+            drop(v);
+            let peaked = p.peak_bytes() >= before + (64 << 20) - (1 << 20);
+            let freed = p.current_bytes() < during - (32 << 20);
+            grew && peaked && freed
+        };
+        assert!((0..50).any(|_| attempt()), "no clean attempt in 50");
     }
 }
