@@ -91,7 +91,11 @@ pub fn plots(r: &Report) -> Result<Vec<Plot>, PlotError> {
         },
         Plot {
             file: "plot-components.svg".into(),
-            title: "The estimate's components (prefill)".into(),
+            title: if r.training.is_some() {
+                "The estimate's components (backward pass)".into()
+            } else {
+                "The estimate's components (prefill)".into()
+            },
             svg: svg("components", |s| components(r, s))?,
         },
         Plot {

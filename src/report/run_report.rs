@@ -229,7 +229,12 @@ pub fn build(dir: &Path) -> Result<Report, StoreError> {
         .and_then(|t| serde_json::from_str(&t).ok());
     let ok: Vec<&PointRecord> = points.iter().filter(|p| p.status == "ok").collect();
     let biggest = ok.iter().max_by_key(|p| p.measured_peak_bytes);
-    let rule = rule_of_thumb(run.params).inference_bytes;
+    // Training runs are held against the training rule's low end (2x the inference rule).
+    let rule = if run.train.is_some() {
+        rule_of_thumb(run.params).training_low_bytes
+    } else {
+        rule_of_thumb(run.params).inference_bytes
+    };
     let rule_of_thumb = RuleVsMeasured {
         rule_of_thumb_bytes: rule,
         measured_max_bytes: biggest.map_or(0, |p| p.measured_peak_bytes),
@@ -315,6 +320,22 @@ fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
 /// The rule of thumb against the largest measured peak, in one paragraph.
 pub(super) fn rule_sentence(r: &Report) -> String {
     let rt = &r.rule_of_thumb;
+    if let Some(t) = &r.training {
+        return format!(
+            "\"Training needs 2-3x the inference rule (weights x 2 bytes plus a few GB)\" gives \
+             {} to {} for {} parameters. The largest peak measured here was {} ({:.2} GB), at \
+             batch {} x {} tokens ({}): the rule's low end is {} off.",
+            bytes(t.rule_of_thumb_low_bytes),
+            bytes(t.rule_of_thumb_high_bytes),
+            super::grouped(r.run.params),
+            bytes(rt.measured_max_bytes),
+            rt.measured_max_bytes as f64 / 1e9,
+            rt.batch,
+            rt.context,
+            rt.phase,
+            percent(rt.rule_error_ratio)
+        );
+    }
     format!(
         "\"Weights x 2 bytes plus a few GB\" gives {} ({:.2} GB) for {} parameters. The largest \
          peak measured here was {} ({:.2} GB), at batch {} x {} tokens ({}): the rule of thumb is \
@@ -423,13 +444,6 @@ pub fn markdown(r: &Report) -> String {
              but not the backward peak); candle-nn's `AdamW::step` computes on the `Var`s, so \
              about 14 temporaries the size of the largest parameter (the 1 GB `lm_head` of \
              Llama-3-8B) are alive at once."
-        );
-        let _ = writeln!(
-            out,
-            "\nThe training rule of thumb (2-3x the inference rule) gives {} to {} for this \
-             run's model.\n",
-            bytes(t.rule_of_thumb_low_bytes),
-            bytes(t.rule_of_thumb_high_bytes)
         );
     }
     let _ = writeln!(out, "## Every point\n");
