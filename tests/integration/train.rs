@@ -239,3 +239,60 @@ fn train_flags_are_checked() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
 }
+
+/// Another shape of Llama: tied embeddings (Llama 3.2), no grouped-query attention, LoRA on
+/// every projection. The embedding is one trainable tensor used twice (lookup and lm_head).
+#[test]
+fn train_tied_embeddings_without_gqa_is_within_five_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("models/vramprobe-tiny-llama/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["tie_word_embeddings"] = true.into();
+    config["num_attention_heads"] = 4.into();
+    config["num_key_value_heads"] = 4.into();
+    let model = dir.path().join("tied");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    for lora in [None, Some("q,k,v,o,gate,up,down")] {
+        let out = dir.path().join(format!("run-{}", lora.is_some()));
+        let mut args = vec![
+            "bench",
+            "--mode",
+            "train",
+            "--model",
+            path_str(&model),
+            "--batch",
+            "2",
+            "--context",
+            "64,192",
+            "--out",
+            path_str(&out),
+            "--max-error",
+            "0.05",
+            "--json",
+        ];
+        if let Some(t) = lora {
+            args.extend(["--lora-rank", "4", "--lora-targets", t]);
+        }
+        let o = vramprobe(&args);
+        ok(&o);
+        let info = read_json(&out.join("run.json"));
+        // tied: 8192 x 256 once, not twice
+        let params = info["params"].as_u64().unwrap();
+        let trainable = info["train"]["trainable_params"].as_u64().unwrap();
+        if lora.is_none() {
+            assert_eq!(trainable, params);
+            // no lm_head; k and v are 256 x 256 instead of 256 x 64 in each of 4 layers
+            assert_eq!(params, 7_211_264 - 8192 * 256 + 4 * 2 * 256 * (256 - 64));
+        } else {
+            // rank 4: q,k,v,o (256 + 256) each, gate, up (256 + 768), down (768 + 256)
+            assert_eq!(trainable, 4 * 4 * (4 * 512 + 3 * 1024));
+        }
+        for p in read_points(&out) {
+            assert_eq!(p["status"], "ok");
+            assert!(p["error_ratio"].as_f64().unwrap().abs() <= 0.05, "{p}");
+        }
+    }
+}
