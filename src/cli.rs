@@ -106,6 +106,9 @@ pub struct ServeArgs {
     /// Sweeps' decode steps [default: bench's].
     #[arg(long, env = "VRAMPROBE_BENCH_DECODE_STEPS")]
     pub bench_decode_steps: Option<u64>,
+    /// Sweeps' mode, inference or train [default: bench's, inference].
+    #[arg(long, env = "VRAMPROBE_BENCH_MODE")]
+    pub bench_mode: Option<String>,
     /// Longest a client may take to send a request's headers (slow clients are cut off).
     #[arg(long, env = "VRAMPROBE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: std::time::Duration,
@@ -711,6 +714,9 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             batch: a.bench_batch,
             context: a.bench_context,
             decode_steps: a.bench_decode_steps,
+            mode: a.bench_mode,
+            lora_rank: None,
+            lora_targets: None,
         },
         header_timeout: a.header_timeout,
         request_timeout: a.request_timeout,

@@ -29,6 +29,15 @@ pub struct BenchRequest {
     pub context: Option<Vec<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_steps: Option<u64>,
+    /// `inference` or `train` (two training steps per point, `bench --mode train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Training: LoRA rank (absent: a full fine-tune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_rank: Option<u64>,
+    /// Training with LoRA: the projections (q, k, v, o, gate, up, down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_targets: Option<Vec<String>>,
 }
 
 const MAX_LIST: usize = 64;
@@ -56,7 +65,17 @@ impl BenchRequest {
             batch: self.batch.clone().or_else(|| defaults.batch.clone()),
             context: self.context.clone().or_else(|| defaults.context.clone()),
             decode_steps: self.decode_steps.or(defaults.decode_steps),
+            mode: self.mode.clone().or_else(|| defaults.mode.clone()),
+            lora_rank: self.lora_rank.or(defaults.lora_rank),
+            lora_targets: self
+                .lora_targets
+                .clone()
+                .or_else(|| defaults.lora_targets.clone()),
         }
+    }
+
+    fn train(&self) -> bool {
+        self.mode.as_deref() == Some("train")
     }
 
     /// Check every field and build the `vramprobe bench` arguments (the run directory
@@ -98,15 +117,53 @@ impl BenchRequest {
             }
             a.push(format!("--decode-steps={n}"));
         }
+        if let Some(m) = &self.mode {
+            if !["inference", "train"].contains(&m.as_str()) {
+                return Err(format!("mode: {m:?}: use inference or train"));
+            }
+            a.push(format!("--mode={m}"));
+        }
+        if let Some(r) = self.lora_rank {
+            if !self.train() {
+                return Err("lora_rank: needs \"mode\": \"train\"".into());
+            }
+            if r == 0 || r > 4096 {
+                return Err(format!("lora_rank: {r} is outside 1..=4096"));
+            }
+            a.push(format!("--lora-rank={r}"));
+        }
+        if let Some(t) = &self.lora_targets {
+            if self.lora_rank.is_none() {
+                return Err("lora_targets: needs lora_rank".into());
+            }
+            let known = ["q", "k", "v", "o", "gate", "up", "down"];
+            if t.is_empty() || t.len() > known.len() {
+                return Err(format!(
+                    "lora_targets: give 1 to {} of {known:?}",
+                    known.len()
+                ));
+            }
+            if let Some(bad) = t.iter().find(|x| !known.contains(&x.as_str())) {
+                return Err(format!("lora_targets: {bad:?} is not one of {known:?}"));
+            }
+            a.push(format!("--lora-targets={}", t.join(",")));
+        }
         Ok(a)
     }
 
-    /// Points the sweep plans: batches x contexts x 2 phases (the bench's own defaults
-    /// where not given: 3 x 4).
+    /// Records the sweep plans: batches x contexts x phases (2 for inference, 4 for
+    /// training; the bench's own defaults where not given: 3 x 4, or 2 x 3 for training).
     pub fn planned(&self) -> u64 {
-        let b = self.batch.as_ref().map_or(3, Vec::len) as u64;
-        let c = self.context.as_ref().map_or(4, Vec::len) as u64;
-        b * c * 2
+        let train = self.train();
+        let b = self
+            .batch
+            .as_ref()
+            .map_or(if train { 2 } else { 3 }, Vec::len) as u64;
+        let c = self
+            .context
+            .as_ref()
+            .map_or(if train { 3 } else { 4 }, Vec::len) as u64;
+        b * c * if train { 4 } else { 2 }
     }
 }
 
@@ -372,5 +429,50 @@ mod tests {
         let merged = r.or(&d);
         assert_eq!(merged.batch, Some(vec![1, 2]));
         assert_eq!(merged.dtype.as_deref(), Some("bf16"));
+
+        let t = BenchRequest {
+            mode: Some("train".into()),
+            lora_rank: Some(8),
+            lora_targets: Some(vec!["q".into(), "v".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            t.args().expect("valid"),
+            [
+                "bench",
+                "--quiet",
+                "--mode=train",
+                "--lora-rank=8",
+                "--lora-targets=q,v"
+            ]
+        );
+        assert_eq!(t.planned(), 2 * 3 * 4);
+        for (bad, field) in [
+            (
+                BenchRequest {
+                    mode: Some("finetune".into()),
+                    ..Default::default()
+                },
+                "mode",
+            ),
+            (
+                BenchRequest {
+                    lora_rank: Some(8),
+                    ..Default::default()
+                },
+                "lora_rank",
+            ),
+            (
+                BenchRequest {
+                    lora_targets: Some(vec!["--x".into()]),
+                    lora_rank: Some(4),
+                    ..t.clone()
+                },
+                "lora_targets",
+            ),
+        ] {
+            let e = bad.args().expect_err("invalid");
+            assert!(e.starts_with(field), "{e}");
+        }
     }
 }

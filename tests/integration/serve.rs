@@ -443,6 +443,28 @@ fn sweeps_run_one_at_a_time_and_reach_the_metrics() {
     assert!(line_value(&m, "vramprobe_bench_last_success_timestamp_seconds").is_some());
     // The report was written by the sweep, as by `vramprobe bench`.
     assert!(runs.join(&id).join("report.html").is_file());
+
+    // A training sweep: four phases per point, on the same series.
+    assert_eq!(post(r#"{"lora_rank": 4}"#).status(), 400);
+    let r = post(r#"{"mode": "train", "batch": [1], "context": [64]}"#);
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().unwrap();
+    assert_eq!(started["planned"], 4);
+    d.wait_for(120, "the training sweep to end", |d| {
+        d.json("/api/v1/bench")["running"] == false
+    });
+    let j = d.json("/api/v1/bench");
+    assert_eq!(j["outcome"], "completed", "{j}");
+    assert_eq!(j["stored"], 4);
+    let m = d.metrics();
+    assert!(
+        m.contains(
+            "vramprobe_bench_measured_peak_bytes{model=\"vramprobe-tiny-llama\",dtype=\"f32\",\
+         engine=\"candle-eager\",device=\"cpu\",batch=\"1\",context=\"64\",\
+         phase=\"train_backward\",source=\"host_alloc\"}"
+        ),
+        "{m}"
+    );
 }
 
 #[test]
