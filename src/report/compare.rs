@@ -79,6 +79,28 @@ fn facts_of(r: &Report) -> Vec<(&'static str, String)> {
         ("parameters", super::grouped(run.params)),
         ("dtype", run.dtype.clone()),
         ("engine", run.engine.clone()),
+        (
+            "mode",
+            match &run.train {
+                None => "inference".into(),
+                Some(t) => match &t.lora {
+                    None => format!(
+                        "train, full fine-tune ({} trainable)",
+                        super::grouped(t.trainable_params)
+                    ),
+                    Some(l) => format!(
+                        "train, LoRA r{} on {} ({} trainable)",
+                        l.rank,
+                        l.targets
+                            .iter()
+                            .map(|x| format!("{x:?}").to_lowercase())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        super::grouped(t.trainable_params)
+                    ),
+                },
+            },
+        ),
         ("device", run.device.clone()),
         ("weights", run.weights.clone()),
         ("measured by", source),
