@@ -1113,29 +1113,13 @@ impl Sim {
                     start += len;
                 }
             }
-            Op::IndexSelect(a, _ids) => {
+            Op::IndexSelect(a, _) | Op::Gather(a, _) => {
                 let a = h(a);
-                // index_add: a new tensor (the sum copied, the rows added).
+                // index_add / scatter_add: a new tensor like the sum (the sum copied, the
+                // gradient's rows added).
                 self.accumulate(g, &a, |s, sum| {
-                    let (shape, e) = {
-                        let i = s.inner.borrow();
-                        (i.nodes[sum.id].shape.clone(), i.nodes[sum.id].esize)
-                    };
                     let mut i = s.inner.borrow_mut();
-                    let id = i.fresh(shape, e, Some(Op::Binary(sum.id, grad.id, Binary::Add)));
-                    drop(i);
-                    s.h(id)
-                });
-            }
-            Op::Gather(a, _ids) => {
-                let a = h(a);
-                // scatter_add: a new tensor like the sum.
-                self.accumulate(g, &a, |s, sum| {
-                    let (shape, e) = {
-                        let i = s.inner.borrow();
-                        (i.nodes[sum.id].shape.clone(), i.nodes[sum.id].esize)
-                    };
-                    let mut i = s.inner.borrow_mut();
+                    let (shape, e) = (i.nodes[sum.id].shape.clone(), i.nodes[sum.id].esize);
                     let id = i.fresh(shape, e, Some(Op::Binary(sum.id, grad.id, Binary::Add)));
                     drop(i);
                     s.h(id)

@@ -110,6 +110,17 @@ fn llama3_estimates() -> Vec<Llama3Estimate> {
     out
 }
 
+/// Where `bytes` falls against the seed's 64-80 GB.
+fn against_claim(bytes: u64) -> &'static str {
+    if bytes < 64_000_000_000 {
+        "below"
+    } else if bytes <= 80_000_000_000 {
+        "within"
+    } else {
+        "above"
+    }
+}
+
 fn training_claim(run: &RunInfo, points: &[PointRecord]) -> Option<TrainingClaim> {
     let train = run.train.as_ref()?;
     let rule = rule_of_thumb(run.params);
@@ -132,13 +143,7 @@ fn training_claim(run: &RunInfo, points: &[PointRecord]) -> Option<TrainingClaim
              parameter) at {:.1} GB ({}), {} the seed's 64-80 GB. ",
             gb(f.peak_bytes),
             f.peak_phase,
-            if f.peak_bytes < 64_000_000_000 {
-                "below"
-            } else if f.peak_bytes <= 80_000_000_000 {
-                "within"
-            } else {
-                "above"
-            }
+            against_claim(f.peak_bytes)
         );
     }
     match (is_8b, biggest) {
@@ -151,13 +156,7 @@ fn training_claim(run: &RunInfo, points: &[PointRecord]) -> Option<TrainingClaim
                 b.batch,
                 b.context,
                 b.phase,
-                if b.measured_peak_bytes < 64_000_000_000 {
-                    "below"
-                } else if b.measured_peak_bytes <= 80_000_000_000 {
-                    "within"
-                } else {
-                    "above"
-                }
+                against_claim(b.measured_peak_bytes)
             );
         }
         (false, Some(b)) => {
@@ -320,28 +319,28 @@ fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
 /// The rule of thumb against the largest measured peak, in one paragraph.
 pub(super) fn rule_sentence(r: &Report) -> String {
     let rt = &r.rule_of_thumb;
-    if let Some(t) = &r.training {
-        return format!(
-            "\"Training needs 2-3x the inference rule (weights x 2 bytes plus a few GB)\" gives \
-             {} to {} for {} parameters. The largest peak measured here was {} ({:.2} GB), at \
-             batch {} x {} tokens ({}): the rule's low end is {} off.",
-            bytes(t.rule_of_thumb_low_bytes),
-            bytes(t.rule_of_thumb_high_bytes),
-            super::grouped(r.run.params),
-            bytes(rt.measured_max_bytes),
-            rt.measured_max_bytes as f64 / 1e9,
-            rt.batch,
-            rt.context,
-            rt.phase,
-            percent(rt.rule_error_ratio)
-        );
-    }
+    let (claim, which) = match &r.training {
+        Some(t) => (
+            format!(
+                "\"Training needs 2-3x the inference rule (weights x 2 bytes plus a few GB)\" \
+                 gives {} to {}",
+                bytes(t.rule_of_thumb_low_bytes),
+                bytes(t.rule_of_thumb_high_bytes)
+            ),
+            "the rule's low end",
+        ),
+        None => (
+            format!(
+                "\"Weights x 2 bytes plus a few GB\" gives {} ({:.2} GB)",
+                bytes(rt.rule_of_thumb_bytes),
+                rt.rule_of_thumb_bytes as f64 / 1e9
+            ),
+            "the rule of thumb",
+        ),
+    };
     format!(
-        "\"Weights x 2 bytes plus a few GB\" gives {} ({:.2} GB) for {} parameters. The largest \
-         peak measured here was {} ({:.2} GB), at batch {} x {} tokens ({}): the rule of thumb is \
-         {} off.",
-        bytes(rt.rule_of_thumb_bytes),
-        rt.rule_of_thumb_bytes as f64 / 1e9,
+        "{claim} for {} parameters. The largest peak measured here was {} ({:.2} GB), at batch \
+         {} x {} tokens ({}): {which} is {} off.",
         super::grouped(r.run.params),
         bytes(rt.measured_max_bytes),
         rt.measured_max_bytes as f64 / 1e9,

@@ -217,6 +217,45 @@ pub struct PointMeasurement {
     pub decode: Result<PhaseMeasurement, PhaseFailure>,
 }
 
+/// One phase's measurement from every probe's reading at the point's start and its peak now;
+/// the primary probe's peak less `offset` (what was in use that is not the weights).
+fn phase_measurement(
+    probes: &[&dyn MemoryProbe],
+    start: &[u64],
+    offset: u64,
+    secs: f64,
+    tokens: usize,
+) -> PhaseMeasurement {
+    let raw: Vec<(&'static str, u64, u64)> = probes
+        .iter()
+        .zip(start)
+        .map(|(p, &st)| (p.name(), st, p.peak_bytes()))
+        .collect();
+    PhaseMeasurement {
+        peak_bytes: raw[0].2.saturating_sub(offset),
+        raw,
+        secs_per_forward: secs,
+        tokens_per_sec: tokens as f64 / secs.max(1e-12),
+    }
+}
+
+/// A failed phase: a result on a GPU (the device is still usable after an out-of-memory or
+/// a refused launch) or for out-of-memory anywhere; an error on the CPU otherwise.
+fn phase_failure(e: candle_core::Error, on_gpu: bool) -> Result<PhaseFailure, RunError> {
+    if is_oom(&e) || on_gpu {
+        Ok(PhaseFailure {
+            oom: is_oom(&e),
+            message: format!("{e}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        })
+    } else {
+        Err(RunError::Candle(e))
+    }
+}
+
 /// A loaded model ready to be measured.
 pub struct Runner {
     model: Llama,
@@ -511,36 +550,12 @@ impl Runner {
         // warm-up's runtime buffers, the caller's bookkeeping) is not part of the point.
         let offset = primary.current_bytes().saturating_sub(self.weights_bytes);
         let start: Vec<u64> = probes.iter().map(|p| p.current_bytes()).collect();
-        let finish = |secs: f64, tokens: usize| -> PhaseMeasurement {
-            let raw: Vec<(&'static str, u64, u64)> = probes
-                .iter()
-                .zip(&start)
-                .map(|(p, &st)| (p.name(), st, p.peak_bytes()))
-                .collect();
-            PhaseMeasurement {
-                peak_bytes: raw[0].2.saturating_sub(offset),
-                raw,
-                secs_per_forward: secs,
-                tokens_per_sec: tokens as f64 / secs.max(1e-12),
-            }
-        };
+        let finish =
+            |secs: f64, tokens: usize| phase_measurement(probes, &start, offset, secs, tokens);
         // On a GPU every failure of a forward pass is a result (the device is still usable
         // after an out-of-memory or a refused launch); on the CPU it is an error.
         let on_gpu = !self.device.is_cpu();
-        let failure = |e: candle_core::Error| -> Result<PhaseFailure, RunError> {
-            if is_oom(&e) || on_gpu {
-                Ok(PhaseFailure {
-                    oom: is_oom(&e),
-                    message: format!("{e}")
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                })
-            } else {
-                Err(RunError::Candle(e))
-            }
-        };
+        let failure = |e: candle_core::Error| phase_failure(e, on_gpu);
 
         for p in probes {
             p.reset_peak();

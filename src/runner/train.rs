@@ -3,8 +3,8 @@
 //! the same probes as inference.
 
 use super::{
-    candle_config, candle_dtype, is_oom, local_tensors, synthetic_tensor, Accel, PhaseFailure,
-    PhaseMeasurement, RunError, WeightsSource,
+    candle_config, candle_dtype, local_tensors, phase_failure, phase_measurement, synthetic_tensor,
+    Accel, PhaseFailure, PhaseMeasurement, RunError, WeightsSource,
 };
 use crate::estimate::candle_train::{graph_dims, LoraSetup, TrainPhase};
 use crate::estimate::train::Target;
@@ -331,34 +331,9 @@ impl TrainRunner {
         self.accel.settle();
         let offset = primary.current_bytes().saturating_sub(self.weights_bytes);
         let start: Vec<u64> = probes.iter().map(|p| p.current_bytes()).collect();
-        let finish = |secs: f64| -> PhaseMeasurement {
-            let raw: Vec<(&'static str, u64, u64)> = probes
-                .iter()
-                .zip(&start)
-                .map(|(p, &st)| (p.name(), st, p.peak_bytes()))
-                .collect();
-            PhaseMeasurement {
-                peak_bytes: raw[0].2.saturating_sub(offset),
-                raw,
-                secs_per_forward: secs,
-                tokens_per_sec: (b * s) as f64 / secs.max(1e-12),
-            }
-        };
+        let finish = |secs: f64| phase_measurement(probes, &start, offset, secs, b * s);
         let on_gpu = !self.device.is_cpu();
-        let failure = |e: candle_core::Error| -> Result<PhaseFailure, RunError> {
-            if is_oom(&e) || on_gpu {
-                Ok(PhaseFailure {
-                    oom: is_oom(&e),
-                    message: format!("{e}")
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                })
-            } else {
-                Err(RunError::Candle(e))
-            }
-        };
+        let failure = |e: candle_core::Error| phase_failure(e, on_gpu);
         let reset = || {
             for p in probes {
                 p.reset_peak();
