@@ -256,6 +256,15 @@ fn phase_failure(e: candle_core::Error, on_gpu: bool) -> Result<PhaseFailure, Ru
     }
 }
 
+/// gemm keeps an L2-sized packing slab per thread, created on a thread's first matmul.
+/// Which rayon workers a small warm-up reaches is up to the scheduler, so create the slab on
+/// every worker (and this thread) now; otherwise a point measured later pays it (seen: +2 MiB
+/// on some runs and not others).
+fn create_gemm_slabs() {
+    rayon::broadcast(|_| gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow())));
+    gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow()));
+}
+
 /// A loaded model ready to be measured.
 pub struct Runner {
     model: Llama,
@@ -498,12 +507,7 @@ impl Runner {
     /// gemm's per-thread packing space) exist before anything is measured.
     fn warm_up(&mut self, probe: &dyn MemoryProbe) -> Result<(), RunError> {
         let before = probe.current_bytes();
-        // gemm keeps an L2-sized packing slab per thread, created on a thread's first
-        // matmul. Which rayon workers a small warm-up reaches is up to the scheduler, so
-        // create the slab on every worker now; otherwise a point measured later pays it
-        // (seen: +2 MiB on some runs and not others).
-        rayon::broadcast(|_| gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow())));
-        gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow()));
+        create_gemm_slabs();
         {
             let mut cache = Cache::new(true, self.dtype, &self.config, &self.device)?;
             let s = 16.min(self.spec.max_position_embeddings as usize - 1);

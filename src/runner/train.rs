@@ -3,8 +3,9 @@
 //! the same probes as inference.
 
 use super::{
-    candle_config, candle_dtype, local_tensors, phase_failure, phase_measurement, synthetic_tensor,
-    Accel, PhaseFailure, PhaseMeasurement, RunError, WeightsSource,
+    candle_config, candle_dtype, create_gemm_slabs, local_tensors, phase_failure,
+    phase_measurement, synthetic_tensor, Accel, PhaseFailure, PhaseMeasurement, RunError,
+    WeightsSource,
 };
 use crate::estimate::candle_train::{graph_dims, LoraSetup, TrainPhase};
 use crate::estimate::train::Target;
@@ -261,8 +262,7 @@ impl TrainRunner {
     /// A small forward and backward pass, so one-off runtime buffers exist before measuring.
     fn warm_up(&mut self, probe: &dyn MemoryProbe) -> Result<(), RunError> {
         let before = probe.current_bytes();
-        rayon::broadcast(|_| gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow())));
-        gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow()));
+        create_gemm_slabs();
         {
             let s = 16.min(self.spec.max_position_embeddings as usize - 1);
             let inputs = self.inputs(2, s)?;

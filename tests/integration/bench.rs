@@ -2,14 +2,6 @@ use super::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-fn read_points(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("points.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The main job as the README gives it: the default grid on the CPU default model, every
 /// point within 2% (total and above the weights), written point by point.
 #[test]

@@ -52,3 +52,12 @@ pub fn ok(o: &Output) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The records of a run directory's points.jsonl.
+pub fn read_points(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("points.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
