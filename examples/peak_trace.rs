@@ -4,9 +4,12 @@
 //! `cargo run --release --features alloc-trace --example peak_trace -- BATCH CONTEXT [STEPS]`
 
 use vramprobe::estimate::{estimate, Backend, EngineProfile, Workload};
-use vramprobe::probe::host::{trace, HostAllocProbe};
-use vramprobe::runner::{Runner, WeightsSource};
+use vramprobe::probe::host::{trace, CountingAlloc, HostAllocProbe};
+use vramprobe::runner::{Accel, DeviceKind, Runner, WeightsSource};
 use vramprobe::spec::{DType, ModelSpec};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<u64> = std::env::args()
@@ -24,10 +27,14 @@ fn main() -> anyhow::Result<()> {
     )?;
     let probe = HostAllocProbe;
     let weights = WeightsSource::Synthetic { seed: 0 };
-    let runner = Runner::load(&spec, DType::F32, &weights, &probe)?;
+    let accel = std::sync::Arc::new(Accel::open(DeviceKind::Cpu)?);
+    let runner = Runner::load(&spec, DType::F32, &weights, accel, &probe)?;
     trace::enable(true);
-    let m = runner.run_point(w, &probe)?;
+    let m = runner.run_point(w, &[&probe])?;
     trace::enable(false);
+    let decode = m
+        .decode
+        .map_err(|f| anyhow::anyhow!("decode failed: {}", f.message))?;
     // Set aside allocations the size of a weight tensor, one per tensor.
     let mut weight_sizes: Vec<u64> = spec.tensors().iter().map(|t| t.numel() * 4).collect();
     let mut rest = Vec::new();
@@ -39,8 +46,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "decode peak {} bytes ({} above the weights)",
-        m.decode.peak_bytes,
-        m.decode.peak_bytes - runner.weights_bytes
+        decode.peak_bytes,
+        decode.peak_bytes - runner.weights_bytes
     );
     println!(
         "alive at the peak besides the weights (>= {} bytes): {rest:?}",

@@ -34,6 +34,7 @@ pub mod bench;
 pub mod cli;
 pub mod estimate;
 pub mod hub;
+pub mod model;
 pub mod plan;
 pub mod probe;
 pub mod report;

@@ -2,7 +2,8 @@
 //! (one JSON object per measured point, appended, flushed and synced as each completes, so
 //! an interrupted sweep keeps every point it finished).
 
-use crate::plan::Grid;
+use crate::plan::{BenchPlan, DeviceChoice, Grid, Mode, PlanError, WeightsChoice};
+use crate::spec::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -129,28 +130,76 @@ pub struct TrainInfo {
     pub trainable_params: u64,
 }
 
-/// The options of `bench` that decide what is measured (the grid is in [`RunInfo::grid`]).
+/// The [`BenchPlan`] as run.json stores it (`settings`; the grid is in [`RunInfo::grid`]),
+/// so `bench --resume` measures the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BenchSettings {
     /// `--model` as given (a path or a Hub id), or None for the built-in model.
     pub model: Option<String>,
     pub revision: Option<String>,
-    pub dtype: String,
+    pub dtype: DType,
     /// `synthetic`, `download` or a directory.
-    pub weights: String,
+    pub weights: WeightsChoice,
     pub seed: u64,
-    /// `cpu` or `cuda`.
-    pub device: String,
+    pub device: DeviceChoice,
     pub nvml_hz: u32,
+    /// The boundary search's step, when it was asked for.
     pub find_boundary: Option<u64>,
     pub memory_limit: Option<u64>,
     pub max_position: Option<u64>,
-    /// `inference` (absent in older runs) or `train`.
+    /// `train`, or absent for inference (as in runs made before training existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// `--lora-rank` and `--lora-targets` of a training run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::estimate::candle_train::LoraSetup>,
+}
+
+impl BenchSettings {
+    /// How `plan` is stored.
+    pub fn of(plan: &BenchPlan) -> Self {
+        BenchSettings {
+            model: plan.model.clone(),
+            revision: plan.revision.clone(),
+            dtype: plan.dtype,
+            weights: plan.weights.clone(),
+            seed: plan.seed,
+            device: plan.device,
+            nvml_hz: plan.nvml_hz,
+            find_boundary: plan.find_boundary,
+            memory_limit: plan.memory_limit,
+            max_position: plan.max_position,
+            mode: (plan.mode == Mode::Train).then_some(Mode::Train),
+            lora: plan.lora.clone(),
+        }
+    }
+}
+
+impl RunInfo {
+    /// The plan this run was made with, checked again: None for a run.json written before
+    /// settings were stored.
+    ///
+    /// # Errors
+    /// [`PlanError`] for settings no plan accepts (a hand-edited run.json).
+    pub fn plan(&self) -> Option<Result<BenchPlan, PlanError>> {
+        let s = self.settings.as_ref()?;
+        let plan = BenchPlan {
+            model: s.model.clone(),
+            revision: s.revision.clone(),
+            dtype: s.dtype,
+            device: s.device,
+            mode: s.mode.unwrap_or_default(),
+            lora: s.lora.clone(),
+            grid: self.grid.clone(),
+            weights: s.weights.clone(),
+            seed: s.seed,
+            nvml_hz: s.nvml_hz,
+            find_boundary: s.find_boundary,
+            memory_limit: s.memory_limit,
+            max_position: s.max_position,
+        };
+        Some(plan.check().map(|()| plan))
+    }
 }
 
 /// A GPU run's device and baselines, all measured in this run.
@@ -184,6 +233,110 @@ pub struct GpuRun {
     pub ballast_bytes: u64,
 }
 
+/// What became of a measured phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Measured.
+    Ok,
+    /// The device ran out of memory (nothing measured).
+    Oom,
+    /// The device refused the work for another reason (nothing measured; `message` says why).
+    Error,
+}
+
+/// Which part of a run measured a point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The grid the user asked for.
+    #[default]
+    Grid,
+    /// The out-of-memory boundary search after the grid.
+    Boundary,
+}
+
+/// The phase a record measured: inference (prefill, decode) or a training step's phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointPhase {
+    Prefill,
+    Decode,
+    TrainForward,
+    TrainBackward,
+    TrainOptimizer,
+    TrainOptimizerFirst,
+}
+
+macro_rules! names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The name as stored and shown.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+names!(Status { Ok => "ok", Oom => "oom", Error => "error" });
+names!(Stage { Grid => "grid", Boundary => "boundary" });
+names!(PointPhase {
+    Prefill => "prefill",
+    Decode => "decode",
+    TrainForward => "train_forward",
+    TrainBackward => "train_backward",
+    TrainOptimizer => "train_optimizer",
+    TrainOptimizerFirst => "train_optimizer_first",
+});
+
+impl From<crate::estimate::Phase> for PointPhase {
+    fn from(p: crate::estimate::Phase) -> Self {
+        match p {
+            crate::estimate::Phase::Prefill => PointPhase::Prefill,
+            crate::estimate::Phase::Decode => PointPhase::Decode,
+        }
+    }
+}
+
+impl From<crate::estimate::candle_train::TrainPhase> for PointPhase {
+    fn from(p: crate::estimate::candle_train::TrainPhase) -> Self {
+        use crate::estimate::candle_train::TrainPhase;
+        match p {
+            TrainPhase::Forward => PointPhase::TrainForward,
+            TrainPhase::Backward => PointPhase::TrainBackward,
+            TrainPhase::Optimizer => PointPhase::TrainOptimizer,
+            TrainPhase::OptimizerFirst => PointPhase::TrainOptimizerFirst,
+        }
+    }
+}
+
+/// One batch's out-of-memory boundary (`boundary.json`, one per batch): measured by
+/// bisection, predicted by the estimate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boundary {
+    pub batch: u64,
+    /// Largest context measured to fit (prefill and decode), if any.
+    pub measured_max_context: Option<u64>,
+    /// Smallest context measured to run out of memory, if any (None: fits up to the limit).
+    pub measured_first_oom_context: Option<u64>,
+    /// Largest context the estimate says fits in the memory that was free before our
+    /// context existed.
+    pub predicted_max_context: Option<u64>,
+    /// The bisection's resolution in tokens.
+    pub step: u64,
+    /// The largest context that can run here, and what sets it (`positions`: the rope
+    /// tables; `candle_u32_elements`: candle 0.11's CUDA kernels count elements in u32).
+    pub limit_context: u64,
+    pub limit_reason: String,
+    /// The free memory the prediction used.
+    pub capacity_bytes: u64,
+}
+
 /// One line of `points.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PointRecord {
@@ -193,7 +346,7 @@ pub struct PointRecord {
     pub device: String,
     pub batch: u64,
     pub context: u64,
-    pub phase: String,
+    pub phase: PointPhase,
     pub decode_steps: u64,
     /// The estimate of this phase's peak, and its parts.
     pub estimated_bytes: u64,
@@ -218,7 +371,7 @@ pub struct PointRecord {
     pub tokens_per_sec: f64,
     /// `ok`; `oom` when the device ran out of memory, `error` when it refused the work for
     /// another reason (then nothing is measured and `message` says why).
-    pub status: String,
+    pub status: Status,
     /// The estimate in each source's terms, by source name (see `bench`).
     #[serde(default)]
     pub estimated_by_source: BTreeMap<String, u64>,
@@ -226,15 +379,11 @@ pub struct PointRecord {
     #[serde(default)]
     pub error_by_source: BTreeMap<String, f64>,
     /// `grid`, or `boundary` for a point measured by the out-of-memory boundary search.
-    #[serde(default = "grid_stage")]
-    pub stage: String,
+    #[serde(default)]
+    pub stage: Stage,
     /// The device's message for an `oom` point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-}
-
-fn grid_stage() -> String {
-    "grid".into()
 }
 
 /// serde_json writes a non-finite f64 as `null`; read it back as NaN ("undefined").
@@ -380,6 +529,17 @@ impl RunDir {
         std::fs::rename(&tmp, &final_path).map_err(io(&final_path))
     }
 
+    /// Write a JSON file of the run (pretty, one trailing newline).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> Result<(), StoreError> {
+        let path = self.path.join(name);
+        let mut text = serde_json::to_string_pretty(v).unwrap_or_default();
+        text.push('\n');
+        std::fs::write(&path, text).map_err(|source| StoreError::Io { path, source })
+    }
+
     /// Append one point as a line, flushed and synced before returning.
     ///
     /// # Errors
@@ -392,6 +552,29 @@ impl RunDir {
         self.points.flush().map_err(io(&p))?;
         self.points.sync_data().map_err(io(&p))
     }
+}
+
+/// The name of the boundary search's file in a run directory.
+pub const BOUNDARY_FILE: &str = "boundary.json";
+
+/// Read a run directory's `boundary.json`: None when the run searched no boundary.
+///
+/// # Errors
+/// [`StoreError::Io`] and [`StoreError::Corrupt`] for a file that is not a boundary list.
+pub fn read_boundaries(dir: &Path) -> Result<Option<Vec<Boundary>>, StoreError> {
+    let p = dir.join(BOUNDARY_FILE);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&p)(e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: p,
+            line: e.line(),
+            message: e.to_string(),
+        })
 }
 
 /// Read a run directory's points.
@@ -489,7 +672,7 @@ mod tests {
             device: "cpu".into(),
             batch,
             context: 64,
-            phase: "prefill".into(),
+            phase: PointPhase::Prefill,
             decode_steps: 8,
             estimated_bytes: 110,
             estimated_components: BTreeMap::from([("weights".into(), 110)]),
@@ -502,10 +685,10 @@ mod tests {
             above_weights_error_ratio: f64::NAN,
             secs_per_forward: 0.5,
             tokens_per_sec: 128.0,
-            status: "ok".into(),
+            status: Status::Ok,
             estimated_by_source: BTreeMap::new(),
             error_by_source: BTreeMap::new(),
-            stage: "grid".into(),
+            stage: Stage::Grid,
             message: None,
         }
     }

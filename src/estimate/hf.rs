@@ -2,7 +2,7 @@
 //! max_memory_allocated` sees them (tensor bytes; PyTorch's caching allocator reserves more,
 //! which the process figure does not model for these engines).
 //!
-//! - `hf-eager`: `eager_attention_forward`. `repeat_kv` copies K and V to every query head;
+//! - `transformers-eager` (alias `hf-eager`): `eager_attention_forward`. `repeat_kv` copies K and V to every query head;
 //!   the scores `b x H x s x t` are computed in the model dtype, scaled and masked (new
 //!   tensors each time), then `softmax(dim=-1, dtype=float32)`: for bf16 PyTorch first
 //!   converts the input to f32 (the fused half-to-float path exists only for fp16), so at
@@ -245,12 +245,12 @@ fn run(
     r.peak
 }
 
-/// `hf-eager` prefill of `batch x context` with an empty cache.
+/// `transformers-eager` prefill of `batch x context` with an empty cache.
 pub fn eager_prefill(spec: &ModelSpec, dtype: DType, w: Workload) -> Breakdown {
     run(spec, dtype, Attn::Eager, w.batch, w.context, 0, w.context)
 }
 
-/// `hf-eager` decode: the last of `decode_steps` steps (the longest cache).
+/// `transformers-eager` decode: the last of `decode_steps` steps (the longest cache).
 pub fn eager_decode(spec: &ModelSpec, dtype: DType, w: Workload) -> Breakdown {
     let steps = w.decode_steps.max(1);
     run(

@@ -25,27 +25,33 @@ use std::collections::BTreeMap;
 pub enum EngineProfile {
     /// candle-transformers' llama without flash-attn, as [`candle_eager`] describes.
     CandleEager,
-    /// A fused attention (FlashAttention/SDPA: no score buffer) with a preallocated KV
-    /// cache, transformers-style layers ([`hf`]).
-    Flash,
-    /// Hugging Face transformers' eager attention ([`hf`]).
-    HfEager,
+    /// Hugging Face transformers with SDPA (a fused attention, FlashAttention-like: no
+    /// score buffer) and a preallocated KV cache ([`hf`]). Alias: `flash`.
+    TransformersSdpa,
+    /// Hugging Face transformers' eager attention ([`hf`]). Alias: `hf-eager`.
+    TransformersEager,
 }
 
 impl EngineProfile {
     pub const ALL: [EngineProfile; 3] = [
         EngineProfile::CandleEager,
-        EngineProfile::Flash,
-        EngineProfile::HfEager,
+        EngineProfile::TransformersEager,
+        EngineProfile::TransformersSdpa,
     ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             EngineProfile::CandleEager => "candle-eager",
-            EngineProfile::Flash => "flash",
-            EngineProfile::HfEager => "hf-eager",
+            EngineProfile::TransformersSdpa => "transformers-sdpa",
+            EngineProfile::TransformersEager => "transformers-eager",
         }
     }
+
+    /// The names these engines had before they said whose engine they model; still accepted.
+    pub const ALIASES: [(&'static str, EngineProfile); 2] = [
+        ("hf-eager", EngineProfile::TransformersEager),
+        ("flash", EngineProfile::TransformersSdpa),
+    ];
 }
 
 impl std::str::FromStr for EngineProfile {
@@ -55,7 +61,17 @@ impl std::str::FromStr for EngineProfile {
         EngineProfile::ALL
             .into_iter()
             .find(|e| e.as_str() == s)
-            .ok_or_else(|| format!("unknown engine \"{s}\" (candle-eager, flash, hf-eager)"))
+            .or_else(|| {
+                EngineProfile::ALIASES
+                    .into_iter()
+                    .find_map(|(alias, e)| (alias == s).then_some(e))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "unknown engine \"{s}\" (candle-eager, transformers-eager, \
+                     transformers-sdpa; aliases hf-eager, flash)"
+                )
+            })
     }
 }
 
@@ -440,11 +456,11 @@ pub fn estimate(
             candle_eager::prefill(spec, dtype, backend, workload),
             candle_eager::decode(spec, dtype, backend, workload),
         ),
-        EngineProfile::Flash => (
+        EngineProfile::TransformersSdpa => (
             hf::flash_prefill(spec, dtype, workload),
             hf::flash_decode(spec, dtype, workload),
         ),
-        EngineProfile::HfEager => (
+        EngineProfile::TransformersEager => (
             hf::eager_prefill(spec, dtype, workload),
             hf::eager_decode(spec, dtype, workload),
         ),

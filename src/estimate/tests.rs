@@ -269,11 +269,17 @@ fn quantized_weights_and_kv_dtype() {
         context: 4096,
         decode_steps: 8,
     };
-    let plain = estimate(&s, DType::BF16, EngineProfile::Flash, Backend::Cuda, w);
+    let plain = estimate(
+        &s,
+        DType::BF16,
+        EngineProfile::TransformersSdpa,
+        Backend::Cuda,
+        w,
+    );
     let q = estimate_quantized(
         &s,
         DType::BF16,
-        EngineProfile::Flash,
+        EngineProfile::TransformersSdpa,
         Backend::Cuda,
         w,
         Quant::Int4,

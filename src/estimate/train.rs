@@ -102,6 +102,21 @@ pub enum Target {
     Down,
 }
 
+impl Target {
+    /// The name on the command line and in results.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Target::Q => "q",
+            Target::K => "k",
+            Target::V => "v",
+            Target::O => "o",
+            Target::Gate => "gate",
+            Target::Up => "up",
+            Target::Down => "down",
+        }
+    }
+}
+
 impl std::str::FromStr for Target {
     type Err = String;
 
@@ -257,7 +272,7 @@ pub fn estimate_train(
     let states = shard(states, 1);
 
     // Activations saved per layer per token (bytes).
-    let fused = engine == EngineProfile::Flash;
+    let fused = engine == EngineProfile::TransformersSdpa;
     let lora = setup.lora.as_ref();
     let targeted = |t: Target| lora.is_some_and(|l| l.targets.contains(&t));
     let full = lora.is_none();
@@ -345,7 +360,16 @@ mod tests {
     fn full_fine_tune_of_llama3_8b_by_optimizer() {
         let s = llama();
         let p = s.param_count();
-        let t = |o| estimate_train(&s, DType::BF16, EngineProfile::Flash, 1, 512, &setup(o));
+        let t = |o| {
+            estimate_train(
+                &s,
+                DType::BF16,
+                EngineProfile::TransformersSdpa,
+                1,
+                512,
+                &setup(o),
+            )
+        };
         let mixed = t(Optimizer::Adamw);
         assert_eq!(mixed.optimizer_states_bytes, 12 * p);
         assert_eq!(mixed.gradients_bytes, 2 * p);
@@ -363,31 +387,31 @@ mod tests {
         let s = llama();
         let base = setup(Optimizer::AdamwBf16);
         let at = |st: &TrainSetup, engine| estimate_train(&s, DType::BF16, engine, 4, 2048, st);
-        let none = at(&base, EngineProfile::HfEager);
+        let none = at(&base, EngineProfile::TransformersEager);
         let selective = at(
             &TrainSetup {
                 checkpointing: Checkpointing::Selective,
                 ..base.clone()
             },
-            EngineProfile::HfEager,
+            EngineProfile::TransformersEager,
         );
         let full = at(
             &TrainSetup {
                 checkpointing: Checkpointing::Full,
                 ..base.clone()
             },
-            EngineProfile::HfEager,
+            EngineProfile::TransformersEager,
         );
         assert!(none.activations_bytes > selective.activations_bytes);
         assert!(selective.activations_bytes > full.activations_bytes);
         // With a fused attention, selective checkpointing has nothing to drop.
-        let fused_none = at(&base, EngineProfile::Flash);
+        let fused_none = at(&base, EngineProfile::TransformersSdpa);
         let fused_sel = at(
             &TrainSetup {
                 checkpointing: Checkpointing::Selective,
                 ..base.clone()
             },
-            EngineProfile::Flash,
+            EngineProfile::TransformersSdpa,
         );
         assert_eq!(fused_none.activations_bytes, fused_sel.activations_bytes);
 
@@ -398,7 +422,7 @@ mod tests {
             }),
             ..base.clone()
         };
-        let l = at(&lora, EngineProfile::Flash);
+        let l = at(&lora, EngineProfile::TransformersSdpa);
         // q: 16 x (4096 + 4096), v: 16 x (4096 + 1024), 32 layers
         assert_eq!(l.trainable_params, 32 * 16 * (8192 + 5120));
         // Gradients and states shrink to the adapters' (under 1%); the frozen linears'
@@ -414,7 +438,7 @@ mod tests {
                 quant: Quant::Int4,
                 ..lora.clone()
             },
-            EngineProfile::Flash,
+            EngineProfile::TransformersSdpa,
         );
         assert!(qlora.weights_bytes < l.weights_bytes / 2);
 
@@ -425,7 +449,7 @@ mod tests {
                     gpus: 8,
                     ..base.clone()
                 },
-                EngineProfile::Flash,
+                EngineProfile::TransformersSdpa,
             )
             .total_bytes()
         };

@@ -1,8 +1,16 @@
 //! A counting global allocator: every heap byte of this process, exactly.
 //!
-//! It wraps the system allocator and keeps two atomics, current and peak. Installed as
-//! the `#[global_allocator]` of every binary that links this library, so candle's CPU
-//! tensors (plain `Vec`s) are counted as they are allocated and freed, on every thread.
+//! It wraps the system allocator and keeps two atomics, current and peak. A binary that
+//! measures on the CPU installs it as its `#[global_allocator]` (the library imposes nothing
+//! on the crates that link it), so candle's CPU tensors (plain `Vec`s) are counted as they
+//! are allocated and freed, on every thread:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static ALLOC: vramprobe::probe::host::CountingAlloc = vramprobe::probe::host::CountingAlloc;
+//! ```
+//!
+//! [`HostAllocProbe::installed`] says whether it was.
 #![allow(unsafe_code)] // GlobalAlloc is an unsafe trait; each fn only forwards to System.
 
 use super::MemoryProbe;
@@ -152,12 +160,22 @@ pub mod trace {
     }
 }
 
+// The library's own unit tests measure with it too.
+#[cfg(test)]
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static TEST_ALLOC: CountingAlloc = CountingAlloc;
 
 /// The counting allocator seen as a [`MemoryProbe`], named `host_alloc`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HostAllocProbe;
+
+impl HostAllocProbe {
+    /// Whether [`CountingAlloc`] is this process's global allocator: once it is, every
+    /// allocation since start-up (the arguments, the environment) has been counted.
+    pub fn installed() -> bool {
+        PEAK.load(Ordering::Relaxed) > 0
+    }
+}
 
 impl MemoryProbe for HostAllocProbe {
     fn name(&self) -> &'static str {
@@ -183,6 +201,7 @@ mod tests {
 
     #[test]
     fn counts_a_large_allocation_and_its_free() {
+        assert!(HostAllocProbe::installed());
         // Other test threads allocate and free too (the training simulator's tests move
         // tens of MiB): an attempt disturbed by them is retried; a broken counter fails all.
         let p = HostAllocProbe;

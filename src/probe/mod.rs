@@ -3,9 +3,14 @@
 //! Every result names its source. On the CPU the one source is [`host::HostAllocProbe`],
 //! the process's own counting global allocator: exact current and peak bytes. On CUDA:
 //! [`cuda_pool`] (the device's default memory pool, allocator-exact; feature `cuda`) and
-//! [`nvml`] (`nvml_process`, what nvidia-smi shows, and `nvml_device`).
+//! [`nvml`] (`nvml_process`, what nvidia-smi shows, and `nvml_device`). Without the `cuda`
+//! feature, [`cuda_pool`] is a stub whose probe cannot exist, so the code that uses it still
+//! compiles (`cuda_pool_stub.rs`).
 
 #[cfg(feature = "cuda")]
+pub mod cuda_pool;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_pool_stub.rs"]
 pub mod cuda_pool;
 pub mod host;
 pub mod nvml;

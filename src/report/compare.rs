@@ -3,9 +3,9 @@
 //! with the measured peak's change and each run's estimate error, then the points only one
 //! has, then the out-of-memory boundary where both searched it.
 
-use super::run_report::Report;
-use super::{bytes, percent};
-use crate::store::PointRecord;
+use super::model::Report;
+use super::units::{bytes, percent};
+use crate::store::{PointPhase, PointRecord, Status};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -24,9 +24,9 @@ pub struct Fact {
 pub struct PointChange {
     pub batch: u64,
     pub context: u64,
-    pub phase: String,
-    pub status_a: String,
-    pub status_b: String,
+    pub phase: PointPhase,
+    pub status_a: Status,
+    pub status_b: Status,
     /// The primary source's measured peak (0 where the point did not fit).
     pub measured_a_bytes: u64,
     pub measured_b_bytes: u64,
@@ -58,8 +58,8 @@ pub struct Comparison {
     pub facts: Vec<Fact>,
     pub shared: Vec<PointChange>,
     /// (batch, context, phase) measured in one run only.
-    pub only_a: Vec<(u64, u64, String)>,
-    pub only_b: Vec<(u64, u64, String)>,
+    pub only_a: Vec<Key>,
+    pub only_b: Vec<Key>,
     pub boundaries: Vec<BoundaryChange>,
 }
 
@@ -76,7 +76,7 @@ fn facts_of(r: &Report) -> Vec<(&'static str, String)> {
         .map_or_else(|| "-".into(), |p| p.source.clone());
     vec![
         ("model", run.model.clone()),
-        ("parameters", super::grouped(run.params)),
+        ("parameters", super::units::grouped(run.params)),
         ("dtype", run.dtype.clone()),
         ("engine", run.engine.clone()),
         (
@@ -86,7 +86,7 @@ fn facts_of(r: &Report) -> Vec<(&'static str, String)> {
                 Some(t) => match &t.lora {
                     None => format!(
                         "train, full fine-tune ({} trainable)",
-                        super::grouped(t.trainable_params)
+                        super::units::grouped(t.trainable_params)
                     ),
                     Some(l) => format!(
                         "train, LoRA r{} on {} ({} trainable)",
@@ -96,7 +96,7 @@ fn facts_of(r: &Report) -> Vec<(&'static str, String)> {
                             .map(|x| format!("{x:?}").to_lowercase())
                             .collect::<Vec<_>>()
                             .join(","),
-                        super::grouped(t.trainable_params)
+                        super::units::grouped(t.trainable_params)
                     ),
                 },
             },
@@ -132,36 +132,27 @@ fn facts_of(r: &Report) -> Vec<(&'static str, String)> {
     ]
 }
 
-type Key = (u64, u64, String);
+/// (batch, context, phase) of a point.
+pub type Key = (u64, u64, PointPhase);
 
 fn by_key(points: &[PointRecord]) -> BTreeMap<Key, &PointRecord> {
     // A point measured twice (grid and boundary search) keeps its grid record.
     let mut m = BTreeMap::new();
     for p in points {
-        m.entry((p.batch, p.context, p.phase.clone())).or_insert(p);
+        m.entry((p.batch, p.context, p.phase)).or_insert(p);
     }
     m
 }
 
 fn fitted(p: &PointRecord) -> bool {
-    p.status == "ok"
+    p.status == Status::Ok
 }
 
 fn boundary_map(r: &Report) -> BTreeMap<u64, (Option<u64>, Option<u64>)> {
     r.boundaries
-        .as_ref()
-        .and_then(|b| b.as_array())
-        .into_iter()
+        .iter()
         .flatten()
-        .filter_map(|x| {
-            Some((
-                x["batch"].as_u64()?,
-                (
-                    x["measured_max_context"].as_u64(),
-                    x["predicted_max_context"].as_u64(),
-                ),
-            ))
-        })
+        .map(|x| (x.batch, (x.measured_max_context, x.predicted_max_context)))
         .collect()
 }
 
@@ -192,9 +183,9 @@ pub fn compare(run_a: &str, a: &Report, run_b: &str, b: &Report) -> Comparison {
         shared.push(PointChange {
             batch: k.0,
             context: k.1,
-            phase: k.2.clone(),
-            status_a: x.status.clone(),
-            status_b: y.status.clone(),
+            phase: k.2,
+            status_a: x.status,
+            status_b: y.status,
             measured_a_bytes: if fitted(x) { x.measured_peak_bytes } else { 0 },
             measured_b_bytes: if fitted(y) { y.measured_peak_bytes } else { 0 },
             measured_change_ratio: both
@@ -211,9 +202,9 @@ pub fn compare(run_a: &str, a: &Report, run_b: &str, b: &Report) -> Comparison {
         .cloned()
         .collect();
     // Prefill before decode, as they ran.
-    shared.sort_by_key(|p| (p.batch, p.context, p.phase != "prefill"));
-    only_a.sort_by_key(|k| (k.0, k.1, k.2 != "prefill"));
-    only_b.sort_by_key(|k| (k.0, k.1, k.2 != "prefill"));
+    shared.sort_by_key(|p| (p.batch, p.context, p.phase != PointPhase::Prefill));
+    only_a.sort_by_key(|k| (k.0, k.1, k.2 != PointPhase::Prefill));
+    only_b.sort_by_key(|k| (k.0, k.1, k.2 != PointPhase::Prefill));
     let (ba, bb) = (boundary_map(a), boundary_map(b));
     let boundaries = ba
         .iter()
@@ -291,8 +282,8 @@ pub fn markdown(c: &Comparison) -> String {
             "| batch | context | phase | measured A | measured B | change | estimated A | \
              estimated B | error A | error B |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
         );
-        let shown = |status: &str, v: u64| {
-            if status == "ok" {
+        let shown = |status: Status, v: u64| {
+            if status == Status::Ok {
                 bytes(v)
             } else {
                 status.to_string()
@@ -305,8 +296,8 @@ pub fn markdown(c: &Comparison) -> String {
                 p.batch,
                 p.context,
                 p.phase,
-                shown(&p.status_a, p.measured_a_bytes),
-                shown(&p.status_b, p.measured_b_bytes),
+                shown(p.status_a, p.measured_a_bytes),
+                shown(p.status_b, p.measured_b_bytes),
                 pct(p.measured_change_ratio),
                 bytes(p.estimated_a_bytes),
                 bytes(p.estimated_b_bytes),

@@ -2,9 +2,10 @@
 //! that forbids loading anything, so a browser fetches nothing even if it tried), in the
 //! report's order: the answer, the rule of thumb against the measurement, then the evidence.
 
+use super::model::{rule_sentence, setup_facts, Report};
 use super::plots::Plot;
-use super::run_report::{rule_sentence, setup_facts, Report};
-use super::{bytes, percent};
+use super::units::{bytes, percent};
+use crate::store::Status;
 use std::fmt::Write;
 
 const STYLE: &str = "\
@@ -116,7 +117,7 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
          <th class=\"n\">measured</th><th class=\"n\">error</th><th>source</th></tr></thead>\n<tbody>"
     );
     for p in &r.points {
-        let fitted = p.status == "ok";
+        let fitted = p.status == Status::Ok;
         let (m, e) = if fitted {
             (bytes(p.measured_peak_bytes), percent(p.error_ratio))
         } else {
@@ -129,8 +130,8 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
             if fitted { "" } else { " class=\"fail\"" },
             p.batch,
             p.context,
-            esc(&p.phase),
-            esc(&p.status),
+            esc(p.phase.as_str()),
+            esc(p.status.as_str()),
             bytes(p.estimated_bytes),
             m,
             e,
@@ -138,23 +139,23 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         );
     }
     let _ = writeln!(o, "</tbody>\n</table>");
-    if let Some(b) = r.boundaries.as_ref().and_then(|b| b.as_array()) {
+    if let Some(b) = &r.boundaries {
         let _ = writeln!(
             o,
             "<h2>Out-of-memory boundary</h2>\n<table id=\"boundary\">\n<thead><tr>\
              <th class=\"n\">batch</th><th class=\"n\">largest context that fitted</th>\
              <th class=\"n\">first out of memory</th><th class=\"n\">predicted</th></tr></thead>\n<tbody>"
         );
-        let show = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |x| x.to_string());
+        let show = |v: Option<u64>| v.map_or("-".into(), |x| x.to_string());
         for x in b {
             let _ = writeln!(
                 o,
                 "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
                  <td class=\"n\">{}</td></tr>",
-                show(&x["batch"]),
-                show(&x["measured_max_context"]),
-                show(&x["measured_first_oom_context"]),
-                show(&x["predicted_max_context"])
+                x.batch,
+                show(x.measured_max_context),
+                show(x.measured_first_oom_context),
+                show(x.predicted_max_context)
             );
         }
         let _ = writeln!(o, "</tbody>\n</table>");

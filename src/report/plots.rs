@@ -6,8 +6,8 @@
 //! - `error`: the estimate's error per point and phase;
 //! - `boundary`: the measured and predicted out-of-memory boundary (runs with a boundary search).
 
-use super::run_report::Report;
-use crate::store::PointRecord;
+use super::model::Report;
+use crate::store::{PointPhase, PointRecord, Stage, Status};
 use plotters::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -119,7 +119,7 @@ type Curve = Vec<(u64, u64, u64)>;
 
 fn curves(points: &[PointRecord]) -> BTreeMap<u64, Curve> {
     let mut by: BTreeMap<u64, BTreeMap<u64, (u64, u64)>> = BTreeMap::new();
-    for p in points.iter().filter(|p| p.status == "ok") {
+    for p in points.iter().filter(|p| p.status == Status::Ok) {
         let e = by.entry(p.batch).or_default().entry(p.context).or_default();
         e.0 = e.0.max(p.measured_peak_bytes);
         e.1 = e.1.max(p.estimated_bytes);
@@ -134,7 +134,7 @@ fn memory(r: &Report, out: &mut String) -> Drawn {
     // A (batch, context) that did not fit, once, at its larger estimate (a decode after a
     // failed prefill was not run: its estimate is not what failed).
     let mut failed_at: BTreeMap<(u64, u64), u64> = BTreeMap::new();
-    for p in r.points.iter().filter(|p| p.status != "ok") {
+    for p in r.points.iter().filter(|p| p.status != Status::Ok) {
         let e = failed_at.entry((p.batch, p.context)).or_default();
         *e = (*e).max(p.estimated_bytes);
     }
@@ -144,7 +144,7 @@ fn memory(r: &Report, out: &mut String) -> Drawn {
     let max_bytes = r
         .points
         .iter()
-        .filter(|p| p.status == "ok")
+        .filter(|p| p.status == Status::Ok)
         .map(|p| p.estimated_bytes.max(p.measured_peak_bytes))
         .chain(capacity)
         .max()
@@ -219,7 +219,7 @@ fn memory(r: &Report, out: &mut String) -> Drawn {
                 [(0.0, y), (max_context as f64 * 1.05, y)],
                 RED.stroke_width(1),
             ))?
-            .label(format!("memory available: {}", super::bytes(cap)))
+            .label(format!("memory available: {}", super::units::bytes(cap)))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(1)));
     }
     chart
@@ -261,11 +261,11 @@ fn label(batch: u64, context: u64) -> String {
 }
 
 /// The phases a run recorded, in the order they first appear.
-fn phases(r: &Report) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
+fn phases(r: &Report) -> Vec<PointPhase> {
+    let mut out: Vec<PointPhase> = Vec::new();
     for p in &r.points {
-        if !out.contains(&p.phase.as_str()) {
-            out.push(&p.phase);
+        if !out.contains(&p.phase) {
+            out.push(p.phase);
         }
     }
     out
@@ -274,14 +274,14 @@ fn phases(r: &Report) -> Vec<&str> {
 fn components(r: &Report, out: &mut String) -> Drawn {
     // Inference: the prefill (where the activations peak); training: the backward pass.
     let shown = if r.training.is_some() {
-        "train_backward"
+        PointPhase::TrainBackward
     } else {
-        "prefill"
+        PointPhase::Prefill
     };
     let mut prefill: Vec<&PointRecord> = r
         .points
         .iter()
-        .filter(|p| p.phase == shown && p.stage == "grid")
+        .filter(|p| p.phase == shown && p.stage == Stage::Grid)
         .collect();
     prefill.sort_by_key(|p| (p.batch, p.context));
     let names: Vec<String> = {
@@ -369,7 +369,7 @@ fn error(r: &Report, out: &mut String) -> Drawn {
     let mut ok: Vec<&PointRecord> = r
         .points
         .iter()
-        .filter(|p| p.status == "ok" && p.error_ratio.is_finite())
+        .filter(|p| p.status == Status::Ok && p.error_ratio.is_finite())
         .collect();
     ok.sort_by_key(|p| (p.batch, p.context));
     let mut keys: Vec<(u64, u64)> = ok.iter().map(|p| (p.batch, p.context)).collect();
@@ -441,32 +441,8 @@ fn error(r: &Report, out: &mut String) -> Drawn {
     Ok(())
 }
 
-/// One row of boundary.json that the plot uses.
-struct BoundaryRow {
-    batch: u64,
-    measured: Option<u64>,
-    first_oom: Option<u64>,
-    predicted: Option<u64>,
-    limit: Option<u64>,
-}
-
-fn boundary_rows(r: &Report) -> Option<Vec<BoundaryRow>> {
-    let rows: Vec<BoundaryRow> = r
-        .boundaries
-        .as_ref()?
-        .as_array()?
-        .iter()
-        .filter_map(|x| {
-            Some(BoundaryRow {
-                batch: x["batch"].as_u64()?,
-                measured: x["measured_max_context"].as_u64(),
-                first_oom: x["measured_first_oom_context"].as_u64(),
-                predicted: x["predicted_max_context"].as_u64(),
-                limit: x["limit_context"].as_u64(),
-            })
-        })
-        .collect();
-    (!rows.is_empty()).then_some(rows)
+fn boundary_rows(r: &Report) -> Option<&[crate::store::Boundary]> {
+    r.boundaries.as_deref().filter(|b| !b.is_empty())
 }
 
 fn boundary(r: &Report, out: &mut String) -> Drawn {
@@ -474,7 +450,14 @@ fn boundary(r: &Report, out: &mut String) -> Drawn {
     let n = rows.len().max(1);
     let max_context = rows
         .iter()
-        .flat_map(|b| [b.measured, b.first_oom, b.predicted, b.limit])
+        .flat_map(|b| {
+            [
+                b.measured_max_context,
+                b.measured_first_oom_context,
+                b.predicted_max_context,
+                Some(b.limit_context),
+            ]
+        })
         .flatten()
         .max()
         .unwrap_or(1)
@@ -503,13 +486,13 @@ fn boundary(r: &Report, out: &mut String) -> Drawn {
         .x_label_formatter(&|x| category(&labels, *x))
         .y_desc("context (tokens)")
         .draw()?;
-    let series = |f: fn(&BoundaryRow) -> Option<u64>| -> Vec<(f64, f64)> {
+    let series = |f: fn(&crate::store::Boundary) -> Option<u64>| -> Vec<(f64, f64)> {
         rows.iter()
             .enumerate()
             .filter_map(|(i, b)| Some((i as f64, f(b)? as f64)))
             .collect()
     };
-    let measured = series(|b| b.measured);
+    let measured = series(|b| b.measured_max_context);
     let c = colour(0);
     chart
         .draw_series(LineSeries::new(measured.clone(), c.stroke_width(2)))?
@@ -519,7 +502,7 @@ fn boundary(r: &Report, out: &mut String) -> Drawn {
     let p = colour(1);
     chart
         .draw_series(DashedLineSeries::new(
-            series(|b| b.predicted),
+            series(|b| b.predicted_max_context),
             6,
             4,
             p.stroke_width(2),
@@ -528,13 +511,13 @@ fn boundary(r: &Report, out: &mut String) -> Drawn {
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], p.stroke_width(2)));
     chart
         .draw_series(
-            series(|b| b.first_oom)
+            series(|b| b.measured_first_oom_context)
                 .into_iter()
                 .map(|q| Cross::new(q, 5, RED.stroke_width(2))),
         )?
         .label("measured: first out of memory")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, RED.stroke_width(2)));
-    let limits = series(|b| b.limit);
+    let limits = series(|b| Some(b.limit_context));
     if !limits.is_empty() {
         chart
             .draw_series(DashedLineSeries::new(limits, 2, 4, GREY.stroke_width(1)))?

@@ -117,7 +117,7 @@ impl DeviceKind {
 pub struct Accel {
     device: Device,
     kind: DeviceKind,
-    #[cfg(feature = "cuda")]
+    /// The default memory pool's probe: on CUDA only (the type is a stub without `cuda`).
     pool: Option<crate::probe::cuda_pool::CudaPoolProbe>,
 }
 
@@ -131,7 +131,6 @@ impl Accel {
             DeviceKind::Cpu => Ok(Self {
                 device: Device::Cpu,
                 kind,
-                #[cfg(feature = "cuda")]
                 pool: None,
             }),
             #[cfg(feature = "cuda")]
@@ -164,7 +163,6 @@ impl Accel {
     }
 
     /// The default memory pool's probe (CUDA only).
-    #[cfg(feature = "cuda")]
     pub fn pool(&self) -> Option<&crate::probe::cuda_pool::CudaPoolProbe> {
         self.pool.as_ref()
     }
@@ -176,7 +174,6 @@ impl Accel {
 
     /// Wait for queued work and hand the pool's unused reservation back to the driver.
     pub fn settle(&self) {
-        #[cfg(feature = "cuda")]
         if let Some(p) = &self.pool {
             p.trim();
             return;

@@ -6,6 +6,10 @@
 //! measuring) loses nothing.
 
 use super::State;
+use crate::estimate::candle_train::LoraSetup;
+use crate::plan::{
+    BenchPlan, Field, Grid, Mode, ModelRef, Need, PlanError, WeightsChoice, DEFAULT_LORA_TARGETS,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -40,21 +44,6 @@ pub struct BenchRequest {
     pub lora_targets: Option<Vec<String>>,
 }
 
-const MAX_LIST: usize = 64;
-const MAX_BATCH: u64 = 4096;
-const MAX_CONTEXT: u64 = 1 << 20;
-const MAX_DECODE_STEPS: u64 = 4096;
-
-fn list(name: &str, v: &[u64], max: u64) -> Result<String, String> {
-    if v.is_empty() || v.len() > MAX_LIST {
-        return Err(format!("{name}: give 1 to {MAX_LIST} values"));
-    }
-    if let Some(bad) = v.iter().find(|&&x| x == 0 || x > max) {
-        return Err(format!("{name}: {bad} is outside 1..={max}"));
-    }
-    Ok(v.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
-}
-
 impl BenchRequest {
     /// `self` where given, else `defaults`.
     pub fn or(&self, defaults: &BenchRequest) -> BenchRequest {
@@ -74,96 +63,71 @@ impl BenchRequest {
         }
     }
 
-    fn train(&self) -> bool {
-        self.mode.as_deref() == Some("train")
-    }
-
-    /// Check every field and build the `vramprobe bench` arguments (the run directory
-    /// comes last, from the caller).
+    /// The plan this request asks for, with the bench's defaults where a field is absent,
+    /// checked as every plan is ([`BenchPlan::check`]).
     ///
     /// # Errors
-    /// The field and why, for a 400 answer.
-    pub fn args(&self) -> Result<Vec<String>, String> {
-        let mut a = vec!["bench".to_string(), "--quiet".to_string()];
-        if let Some(m) = &self.model {
-            if m.is_empty() || m.len() > 512 || m.starts_with('-') || m.contains('\0') {
-                return Err(format!("model: {m:?} is not a model path or Hub id"));
-            }
-            a.push(format!("--model={m}"));
+    /// [`PlanError`]; [`PlanError::api_message`] names the request's field.
+    pub fn plan(&self) -> Result<BenchPlan, PlanError> {
+        fn parse<T: std::str::FromStr<Err = String>>(
+            field: Field,
+            v: &str,
+        ) -> Result<T, PlanError> {
+            v.parse().map_err(|reason| PlanError::Invalid {
+                field,
+                value: format!("{v:?}"),
+                reason,
+            })
         }
-        if let Some(d) = &self.dtype {
-            if !["f32", "bf16", "f16"].contains(&d.as_str()) {
-                return Err(format!("dtype: {d:?}: use f32, bf16 or f16"));
+        let mode: Mode = match &self.mode {
+            Some(m) => parse(Field::Mode, m)?,
+            None => Mode::default(),
+        };
+        let defaults = BenchPlan {
+            mode,
+            grid: Grid::default_for(mode),
+            ..BenchPlan::default()
+        };
+        let lora = match (self.lora_rank, &self.lora_targets) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(PlanError::Needs {
+                    field: Field::LoraTargets,
+                    needs: Need::LoraRank,
+                })
             }
-            a.push(format!("--dtype={d}"));
-        }
-        if let Some(d) = &self.device {
-            if !["cpu", "cuda"].contains(&d.as_str()) {
-                return Err(format!("device: {d:?}: use cpu or cuda"));
-            }
-            a.push(format!("--device={d}"));
-        }
-        if let Some(b) = &self.batch {
-            a.push(format!("--batch={}", list("batch", b, MAX_BATCH)?));
-        }
-        if let Some(c) = &self.context {
-            a.push(format!("--context={}", list("context", c, MAX_CONTEXT)?));
-        }
-        if let Some(n) = self.decode_steps {
-            if n == 0 || n > MAX_DECODE_STEPS {
-                return Err(format!(
-                    "decode_steps: {n} is outside 1..={MAX_DECODE_STEPS}"
-                ));
-            }
-            a.push(format!("--decode-steps={n}"));
-        }
-        if let Some(m) = &self.mode {
-            if !["inference", "train"].contains(&m.as_str()) {
-                return Err(format!("mode: {m:?}: use inference or train"));
-            }
-            a.push(format!("--mode={m}"));
-        }
-        if let Some(r) = self.lora_rank {
-            if !self.train() {
-                return Err("lora_rank: needs \"mode\": \"train\"".into());
-            }
-            if r == 0 || r > 4096 {
-                return Err(format!("lora_rank: {r} is outside 1..=4096"));
-            }
-            a.push(format!("--lora-rank={r}"));
-        }
-        if let Some(t) = &self.lora_targets {
-            if self.lora_rank.is_none() {
-                return Err("lora_targets: needs lora_rank".into());
-            }
-            let known = ["q", "k", "v", "o", "gate", "up", "down"];
-            if t.is_empty() || t.len() > known.len() {
-                return Err(format!(
-                    "lora_targets: give 1 to {} of {known:?}",
-                    known.len()
-                ));
-            }
-            if let Some(bad) = t.iter().find(|x| !known.contains(&x.as_str())) {
-                return Err(format!("lora_targets: {bad:?} is not one of {known:?}"));
-            }
-            a.push(format!("--lora-targets={}", t.join(",")));
-        }
-        Ok(a)
-    }
-
-    /// Records the sweep plans: batches x contexts x phases (2 for inference, 4 for
-    /// training; the bench's own defaults where not given: 3 x 4, or 2 x 3 for training).
-    pub fn planned(&self) -> u64 {
-        let train = self.train();
-        let b = self
-            .batch
-            .as_ref()
-            .map_or(if train { 2 } else { 3 }, Vec::len) as u64;
-        let c = self
-            .context
-            .as_ref()
-            .map_or(if train { 3 } else { 4 }, Vec::len) as u64;
-        b * c * if train { 4 } else { 2 }
+            (Some(rank), targets) => Some(LoraSetup {
+                rank,
+                targets: match targets {
+                    None => DEFAULT_LORA_TARGETS.to_vec(),
+                    Some(t) => t
+                        .iter()
+                        .map(|x| parse(Field::LoraTargets, x))
+                        .collect::<Result<_, _>>()?,
+                },
+            }),
+        };
+        let plan = BenchPlan {
+            model: self.model.clone(),
+            dtype: match &self.dtype {
+                Some(d) => parse(Field::Dtype, d)?,
+                None => defaults.dtype,
+            },
+            device: match &self.device {
+                Some(d) => parse(Field::Device, d)?,
+                None => defaults.device,
+            },
+            lora,
+            grid: Grid {
+                batches: self.batch.clone().unwrap_or(defaults.grid.batches),
+                contexts: self.context.clone().unwrap_or(defaults.grid.contexts),
+                decode_steps: self.decode_steps.unwrap_or(defaults.grid.decode_steps),
+            },
+            weights: WeightsChoice::default_for(&ModelRef::of(self.model.as_deref())),
+            ..defaults
+        };
+        plan.check()?;
+        Ok(plan)
     }
 }
 
@@ -215,7 +179,11 @@ fn now_stamp() -> String {
 /// [`StartError`].
 pub fn start(state: &Arc<State>, req: &BenchRequest) -> Result<JobState, StartError> {
     let full = req.or(&state.opts.bench_defaults);
-    let mut args = full.args().map_err(StartError::Invalid)?;
+    let plan = full
+        .plan()
+        .map_err(|e| StartError::Invalid(e.api_message()))?;
+    let mut args = plan.to_args();
+    args.insert(1, "--quiet".into());
     let mut job = state
         .job
         .lock()
@@ -250,7 +218,7 @@ pub fn start(state: &Arc<State>, req: &BenchRequest) -> Result<JobState, StartEr
         running: true,
         id: Some(id.clone()),
         request: Some(full.clone()),
-        planned: full.planned(),
+        planned: plan.records_planned(),
         stored: 0,
         started_at: Some(now_stamp()),
         finished_at: None,
@@ -303,7 +271,7 @@ pub fn start(state: &Arc<State>, req: &BenchRequest) -> Result<JobState, StartEr
             .and_then(std::process::ExitStatus::code);
         let outcome = match code {
             Some(0) => "completed",
-            Some(130) => "interrupted",
+            Some(c) if c == i32::from(crate::bench::EXIT_INTERRUPTED) => "interrupted",
             _ => "failed",
         };
         {
@@ -369,25 +337,25 @@ pub async fn stop(state: &Arc<State>, grace: Duration) {
 mod tests {
     use super::*;
 
+    /// A request becomes the same plan the command line would make, checked by the same
+    /// rules; an error names the request's field.
     #[test]
-    fn requests_are_checked_and_become_arguments() {
+    fn requests_are_checked_and_become_plans() {
         let r = BenchRequest {
             batch: Some(vec![1, 2]),
             context: Some(vec![64]),
             decode_steps: Some(2),
             ..Default::default()
         };
+        let p = r.plan().expect("valid");
+        assert_eq!(p.grid.batches, [1, 2]);
+        assert_eq!(p.grid.contexts, [64]);
+        assert_eq!(p.grid.decode_steps, 2);
+        assert_eq!(p.records_planned(), 4);
         assert_eq!(
-            r.args().expect("valid"),
-            [
-                "bench",
-                "--quiet",
-                "--batch=1,2",
-                "--context=64",
-                "--decode-steps=2"
-            ]
+            BenchRequest::default().plan().expect("valid"),
+            BenchPlan::default()
         );
-        assert_eq!(r.planned(), 4);
         for (bad, field) in [
             (
                 BenchRequest {
@@ -417,9 +385,16 @@ mod tests {
                 },
                 "device",
             ),
+            (
+                BenchRequest {
+                    dtype: Some("int3".into()),
+                    ..Default::default()
+                },
+                "dtype",
+            ),
         ] {
-            let e = bad.args().expect_err("invalid");
-            assert!(e.starts_with(field), "{e}");
+            let e = bad.plan().expect_err("invalid").api_message();
+            assert!(e.starts_with(&format!("{field}: ")), "{e}");
         }
         let d = BenchRequest {
             dtype: Some("bf16".into()),
@@ -436,17 +411,10 @@ mod tests {
             lora_targets: Some(vec!["q".into(), "v".into()]),
             ..Default::default()
         };
-        assert_eq!(
-            t.args().expect("valid"),
-            [
-                "bench",
-                "--quiet",
-                "--mode=train",
-                "--lora-rank=8",
-                "--lora-targets=q,v"
-            ]
-        );
-        assert_eq!(t.planned(), 2 * 3 * 4);
+        let p = t.plan().expect("valid");
+        assert_eq!(p.mode, Mode::Train);
+        assert_eq!(p.lora.as_ref().map(|l| l.rank), Some(8));
+        assert_eq!(p.records_planned(), 2 * 3 * 4);
         for (bad, field) in [
             (
                 BenchRequest {
@@ -470,9 +438,16 @@ mod tests {
                 },
                 "lora_targets",
             ),
+            (
+                BenchRequest {
+                    lora_targets: Some(vec!["q".into()]),
+                    ..Default::default()
+                },
+                "lora_targets",
+            ),
         ] {
-            let e = bad.args().expect_err("invalid");
-            assert!(e.starts_with(field), "{e}");
+            let e = bad.plan().expect_err("invalid").api_message();
+            assert!(e.starts_with(&format!("{field}: ")), "{e}");
         }
     }
 }

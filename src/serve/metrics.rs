@@ -6,7 +6,7 @@
 //! `_seconds`, `_ratio`), `_info` for identities, `_total` for counters.
 
 use super::State;
-use crate::store::PointRecord;
+use crate::store::{PointRecord, Status};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -146,7 +146,7 @@ fn point_labels(p: &PointRecord) -> Labels {
         ("device", p.device.clone()),
         ("batch", p.batch.to_string()),
         ("context", p.context.to_string()),
-        ("phase", p.phase.clone()),
+        ("phase", p.phase.to_string()),
     ]
 }
 
@@ -376,7 +376,7 @@ impl Collector for RunsCollector {
         let mut components = Vec::new();
         let mut error = Vec::new();
         for (labels, p) in &points {
-            let ok = p.status == "ok";
+            let ok = p.status == Status::Ok;
             fitted.push((labels.clone(), i64::from(ok)));
             for (name, &v) in &p.estimated_components {
                 components.push((with(labels.clone(), "component", name), v));

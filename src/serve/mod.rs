@@ -142,9 +142,12 @@ pub fn check(opts: &ServeOptions) -> Result<(), ServeError> {
             "--poll-interval: at least 100ms (NVML calls take the driver lock)".into(),
         ));
     }
-    opts.bench_defaults
-        .args()
-        .map_err(|e| ServeError::Options(format!("--bench-{e}")))?;
+    opts.bench_defaults.plan().map_err(|e| {
+        ServeError::Options(e.render(
+            |f| format!("--bench-{}", f.key().replace('_', "-")),
+            crate::plan::Need::cli,
+        ))
+    })?;
     Ok(())
 }
 

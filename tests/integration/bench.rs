@@ -499,6 +499,13 @@ fn unwritable_output_is_found_before_measuring() {
 
 #[test]
 fn the_sweep_shows_progress_on_a_terminal_only() {
+    if !have_tool(
+        "script",
+        "bsdutils",
+        "the_sweep_shows_progress_on_a_terminal_only",
+    ) {
+        return;
+    }
     // `script` (util-linux) runs the bench on a pseudo-terminal and copies what it drew.
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, quiet: bool| {

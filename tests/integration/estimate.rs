@@ -248,10 +248,24 @@ fn engines_differ_where_attention_does() {
         ]);
         ok(&o);
         let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
-        assert_eq!(v["engine"], engine);
-        v["total_bytes"].as_u64().unwrap()
+        (
+            v["engine"].as_str().unwrap().to_string(),
+            v["total_bytes"].as_u64().unwrap(),
+        )
     };
-    let (candle, hf, flash) = (total("candle-eager"), total("hf-eager"), total("flash"));
+    // The names say whose engine is modelled; the old names stay as aliases.
+    let by_name = |name: &str| {
+        let (engine, bytes) = total(name);
+        assert_eq!(engine, name);
+        bytes
+    };
+    let (candle, hf, flash) = (
+        by_name("candle-eager"),
+        by_name("transformers-eager"),
+        by_name("transformers-sdpa"),
+    );
+    assert_eq!(total("hf-eager"), ("transformers-eager".to_string(), hf));
+    assert_eq!(total("flash"), ("transformers-sdpa".to_string(), flash));
     assert!(candle > hf && hf > flash, "{candle} {hf} {flash}");
     // A fused kernel needs only weights, cache and small activations: under 18.5 GB here.
     assert!(flash < 18_500_000_000, "{flash}");
@@ -264,7 +278,7 @@ fn engines_differ_where_attention_does() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("candle-eager, flash, hf-eager"),
+        stderr(&o).contains("candle-eager, transformers-eager, transformers-sdpa"),
         "{}",
         stderr(&o)
     );
@@ -392,4 +406,47 @@ fn fit_a_training_step() {
     assert_eq!(by("h100-sxm")["parallelism"], "zero-3");
     assert_eq!(by("h200")["fits"], true);
     assert_eq!(by("b200")["fits"], true);
+}
+
+/// `--context 8192` on an 8192-position model is the sequence the cache holds: the answer
+/// comes (a prompt of 8184 tokens, then 8 decode steps) and says what was assumed; `fit`
+/// follows the same rule; beyond the model's positions it is still bad input.
+#[test]
+fn a_context_at_the_models_limit_is_answered() {
+    let model = "models/meta-llama-3-8b-instruct";
+    let o = vramprobe(&["estimate", "--model", model, "--context", "8192", "--json"]);
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["context"], 8184);
+    assert_eq!(v["decode_steps"], 8);
+    let said = v["assumed"][0].as_str().unwrap();
+    assert!(said.starts_with("context 8192:"), "{said}");
+    assert!(
+        said.contains("a prompt of 8184 tokens, then 8 decode steps"),
+        "{said}"
+    );
+    let o = vramprobe(&["estimate", "--model", model, "--context", "8192"]);
+    ok(&o);
+    assert!(
+        stdout(&o).starts_with("assumed: context 8192:"),
+        "{}",
+        stdout(&o)
+    );
+    let o = vramprobe(&["fit", "--model", model, "--context", "8192", "--json"]);
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["context"], 8184);
+    assert!(v["assumed"][0].as_str().unwrap().contains("8192"));
+    let o = vramprobe(&["estimate", "--model", model, "--context", "8193"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("max_position_embeddings 8192"),
+        "{}",
+        stderr(&o)
+    );
+    // A context that fits with its decode steps is taken as given, with nothing assumed.
+    let o = vramprobe(&["estimate", "--model", model, "--context", "4096", "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["context"], 4096);
+    assert_eq!(v["assumed"], serde_json::json!([]));
 }

@@ -240,8 +240,8 @@ fn torch_reference_matches_the_hf_engines() {
                 continue;
             }
             let engine = match p["attn"].as_str().unwrap() {
-                "eager" => EngineProfile::HfEager,
-                _ => EngineProfile::Flash,
+                "eager" => EngineProfile::TransformersEager,
+                _ => EngineProfile::TransformersSdpa,
             };
             let w = Workload {
                 batch: p["batch"].as_u64().unwrap(),

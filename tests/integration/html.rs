@@ -125,6 +125,13 @@ fn assert_renders(html: &str, headline: &str, plots: &[&str]) -> Value {
 
 #[test]
 fn a_cpu_bench_report_renders_in_chromium() {
+    if !have_tool(
+        &chromium(),
+        "chromium",
+        "a_cpu_bench_report_renders_in_chromium",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = vramprobe(&[
@@ -166,6 +173,13 @@ fn a_cpu_bench_report_renders_in_chromium() {
 
 #[test]
 fn a_gpu_boundary_report_renders_in_chromium() {
+    if !have_tool(
+        &chromium(),
+        "chromium",
+        "a_gpu_boundary_report_renders_in_chromium",
+    ) {
+        return;
+    }
     let run = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-40gib-boundary";
     let o = vramprobe(&["report", run, "--format", "html"]);
     ok(&o);
@@ -191,6 +205,13 @@ fn a_gpu_boundary_report_renders_in_chromium() {
 
 #[test]
 fn the_browser_check_sees_a_page_that_tries_to_fetch() {
+    if !have_tool(
+        &chromium(),
+        "chromium",
+        "the_browser_check_sees_a_page_that_tries_to_fetch",
+    ) {
+        return;
+    }
     // The same page with one image added: the CSP blocks it and the check reports it, so
     // an empty list above means nothing was tried.
     let o = vramprobe(&[
@@ -212,6 +233,13 @@ fn the_browser_check_sees_a_page_that_tries_to_fetch() {
 
 #[test]
 fn a_training_report_renders_in_chromium() {
+    if !have_tool(
+        &chromium(),
+        "chromium",
+        "a_training_report_renders_in_chromium",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = vramprobe(&[

@@ -61,3 +61,33 @@ pub fn read_points(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Whether an external program a test needs (`tool`, from the Debian package `package`) is
+/// on PATH. Without it the test is skipped, and says so in one line on the terminal (written
+/// past the test harness's capture), unless `VRAMPROBE_REQUIRE_TOOLS=1` (as `.ci/run` and
+/// `scripts/test.sh` set once they installed it): then a missing tool fails the test.
+pub fn have_tool(tool: &str, package: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| {
+            let p = d.join(tool);
+            p.is_file()
+                && std::fs::metadata(&p).is_ok_and(|m| {
+                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+        })
+    }) || (tool.contains('/') && Path::new(tool).is_file());
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var("VRAMPROBE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "{test}: `{tool}` is not on PATH and VRAMPROBE_REQUIRE_TOOLS=1 \
+         (apt-get install {package}, or run scripts/test.sh)"
+    );
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test}: needs `{tool}` (Debian package {package}; scripts/test.sh installs it)"
+    );
+    false
+}

@@ -1,11 +1,11 @@
-//! The report of a stored run: `report.json` (versioned) and `report.md`, built only from the
-//! run directory (run.json, points.jsonl, boundary.json), so a re-render gives the same bytes.
-//! It opens with the answer in one sentence, then the rule of thumb against the measurement,
-//! then the evidence.
+//! The report of a stored run as data: what `report.json` holds (versioned), built only from
+//! the run directory (run.json, points.jsonl, boundary.json), so a re-render gives the same
+//! bytes, and the sentences every writer ([`super::markdown`], [`super::html`]) shows: the
+//! answer in one sentence, the rule of thumb against the measurement, where and how.
 
-use super::{bytes, percent};
+use super::units::{bytes, grouped, percent};
 use crate::estimate::rule_of_thumb;
-use crate::store::{self, PointRecord, RunInfo, StoreError};
+use crate::store::{self, PointRecord, RunInfo, Status, StoreError};
 use serde::Serialize;
 use std::fmt::Write;
 use std::path::Path;
@@ -22,8 +22,10 @@ pub struct Report {
     pub rule_of_thumb: RuleVsMeasured,
     /// run.json as stored: command, environment, versions, GPU and baselines.
     pub run: RunInfo,
-    /// The out-of-memory boundary per batch, where searched.
-    pub boundaries: Option<serde_json::Value>,
+    /// The out-of-memory boundary per batch, where searched. (report.json schema 1 lists
+    /// each boundary's keys in alphabetical order, as it always has.)
+    #[serde(serialize_with = "keys_sorted")]
+    pub boundaries: Option<Vec<store::Boundary>>,
     /// Training runs: the seed's training claim beside the measured and estimated figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingClaim>,
@@ -126,7 +128,7 @@ fn training_claim(run: &RunInfo, points: &[PointRecord]) -> Option<TrainingClaim
     let rule = rule_of_thumb(run.params);
     let biggest = points
         .iter()
-        .filter(|p| p.status == "ok")
+        .filter(|p| p.status == Status::Ok)
         .max_by_key(|p| p.measured_peak_bytes);
     let is_8b = run.params == 8_030_261_248;
     let llama3_8b = llama3_estimates();
@@ -167,7 +169,7 @@ fn training_claim(run: &RunInfo, points: &[PointRecord]) -> Option<TrainingClaim
                  Llama-3-8B figures. A GPU run of Llama-3-8B (scripts/gpu-validate.sh) tests \
                  them directly.",
                 run.model,
-                super::grouped(train.trainable_params),
+                grouped(train.trainable_params),
                 if train.lora.is_some() {
                     "LoRA"
                 } else {
@@ -195,7 +197,7 @@ fn training_claim(run: &RunInfo, points: &[PointRecord]) -> Option<TrainingClaim
         estimated_at_measured_max_bytes: biggest.map_or(0, |p| p.estimated_bytes),
         batch: biggest.map_or(0, |p| p.batch),
         context: biggest.map_or(0, |p| p.context),
-        phase: biggest.map_or_else(String::new, |p| p.phase.clone()),
+        phase: biggest.map_or_else(String::new, |p| p.phase.to_string()),
         run_is_llama3_8b: is_8b,
         llama3_8b,
         verdict,
@@ -216,6 +218,13 @@ pub struct RuleVsMeasured {
     pub rule_error_ratio: f64,
 }
 
+/// Serialise through `serde_json::Value`, whose objects keep their keys sorted.
+fn keys_sorted<T: Serialize, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(v)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
+}
+
 /// Build the report of the run in `dir`.
 ///
 /// # Errors
@@ -223,10 +232,8 @@ pub struct RuleVsMeasured {
 pub fn build(dir: &Path) -> Result<Report, StoreError> {
     let run = store::RunDir::read_info(dir)?;
     let points = store::read_points(dir)?;
-    let boundaries = std::fs::read_to_string(dir.join("boundary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let ok: Vec<&PointRecord> = points.iter().filter(|p| p.status == "ok").collect();
+    let boundaries = store::read_boundaries(dir)?;
+    let ok: Vec<&PointRecord> = points.iter().filter(|p| p.status == Status::Ok).collect();
     let biggest = ok.iter().max_by_key(|p| p.measured_peak_bytes);
     // Training runs are held against the training rule's low end (2x the inference rule).
     let rule = if run.train.is_some() {
@@ -239,7 +246,7 @@ pub fn build(dir: &Path) -> Result<Report, StoreError> {
         measured_max_bytes: biggest.map_or(0, |p| p.measured_peak_bytes),
         batch: biggest.map_or(0, |p| p.batch),
         context: biggest.map_or(0, |p| p.context),
-        phase: biggest.map_or_else(String::new, |p| p.phase.clone()),
+        phase: biggest.map_or_else(String::new, |p| p.phase.to_string()),
         rule_error_ratio: biggest.map_or(f64::NAN, |p| {
             rule as f64 / p.measured_peak_bytes as f64 - 1.0
         }),
@@ -256,7 +263,7 @@ pub fn build(dir: &Path) -> Result<Report, StoreError> {
 }
 
 fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
-    let ok: Vec<&PointRecord> = points.iter().filter(|p| p.status == "ok").collect();
+    let ok: Vec<&PointRecord> = points.iter().filter(|p| p.status == Status::Ok).collect();
     let on = match &run.gpu {
         Some(g) => format!(
             "on this {}",
@@ -317,7 +324,7 @@ fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
 }
 
 /// The rule of thumb against the largest measured peak, in one paragraph.
-pub(super) fn rule_sentence(r: &Report) -> String {
+pub fn rule_sentence(r: &Report) -> String {
     let rt = &r.rule_of_thumb;
     let (claim, which) = match &r.training {
         Some(t) => (
@@ -341,7 +348,7 @@ pub(super) fn rule_sentence(r: &Report) -> String {
     format!(
         "{claim} for {} parameters. The largest peak measured here was {} ({:.2} GB), at batch \
          {} x {} tokens ({}): {which} is {} off.",
-        super::grouped(r.run.params),
+        grouped(r.run.params),
         bytes(rt.measured_max_bytes),
         rt.measured_max_bytes as f64 / 1e9,
         rt.batch,
@@ -353,7 +360,7 @@ pub(super) fn rule_sentence(r: &Report) -> String {
 
 /// Where and how the run was made, as (what, value) lines: command, model, host, GPU,
 /// versions.
-pub(super) fn setup_facts(r: &Report) -> Vec<(&'static str, String)> {
+pub fn setup_facts(r: &Report) -> Vec<(&'static str, String)> {
     let run = &r.run;
     let env = &run.environment;
     let mut facts = vec![
@@ -363,7 +370,7 @@ pub(super) fn setup_facts(r: &Report) -> Vec<(&'static str, String)> {
             format!(
                 "{} ({} parameters), {}, engine {}, weights {}",
                 run.model_config,
-                super::grouped(run.params),
+                grouped(run.params),
                 run.dtype,
                 run.engine,
                 run.weights
@@ -402,125 +409,4 @@ pub(super) fn setup_facts(r: &Report) -> Vec<(&'static str, String)> {
         ),
     ));
     facts
-}
-
-/// `report.md`.
-pub fn markdown(r: &Report) -> String {
-    let mut out = String::new();
-    let run = &r.run;
-    let _ = writeln!(out, "# {}: memory, estimated and measured\n", run.model);
-    let _ = writeln!(out, "**{}**\n", r.headline);
-    let _ = writeln!(out, "## The rule of thumb against the measurement\n");
-    let _ = writeln!(out, "{}\n", rule_sentence(r));
-    if let Some(t) = &r.training {
-        let _ = writeln!(out, "## Training: the seed's claim\n");
-        let _ = writeln!(out, "The seed: \"{}\"\n", t.seed_claim);
-        let _ = writeln!(out, "{}\n", t.verdict);
-        let _ = writeln!(
-            out,
-            "| Llama-3-8B, BF16, batch 1 | context | forward | backward | optimizer step | peak |"
-        );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-        for e in &t.llama3_8b {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.1} GB | {:.1} GB | {:.1} GB | **{:.1} GB** ({}) |",
-                e.setup,
-                e.context,
-                e.forward_bytes as f64 / 1e9,
-                e.backward_bytes as f64 / 1e9,
-                e.optimizer_bytes as f64 / 1e9,
-                e.peak_bytes as f64 / 1e9,
-                e.peak_phase
-            );
-        }
-        let _ = writeln!(
-            out,
-            "\nWhat sets these peaks in candle 0.11 (each measured on the CPU within 0.25%): \
-             the forward graph stays alive through `backward`; `backward` stores a gradient \
-             for every operand, constants and frozen weights included (with LoRA, three \
-             weight-sized tensors per frozen projection, so LoRA saves the optimizer's state \
-             but not the backward peak); candle-nn's `AdamW::step` computes on the `Var`s, so \
-             about 14 temporaries the size of the largest parameter (the 1 GB `lm_head` of \
-             Llama-3-8B) are alive at once."
-        );
-    }
-    let _ = writeln!(out, "## Every point\n");
-    let _ = writeln!(
-        out,
-        "| batch | context | phase | status | estimated | measured | error | source |"
-    );
-    let _ = writeln!(out, "|---:|---:|---|---|---:|---:|---:|---|");
-    for p in &r.points {
-        let (m, e) = if p.status == "ok" {
-            (bytes(p.measured_peak_bytes), percent(p.error_ratio))
-        } else {
-            ("-".to_string(), "-".to_string())
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            p.batch,
-            p.context,
-            p.phase,
-            p.status,
-            bytes(p.estimated_bytes),
-            m,
-            e,
-            if p.source.is_empty() { "-" } else { &p.source }
-        );
-    }
-    if let Some(b) = r.boundaries.as_ref().and_then(|b| b.as_array()) {
-        let _ = writeln!(out, "\n## Out-of-memory boundary\n");
-        let _ = writeln!(
-            out,
-            "| batch | largest context that fitted | first out of memory | predicted |"
-        );
-        let _ = writeln!(out, "|---:|---:|---:|---:|");
-        let show = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |x| x.to_string());
-        for x in b {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} |",
-                show(&x["batch"]),
-                show(&x["measured_max_context"]),
-                show(&x["measured_first_oom_context"]),
-                show(&x["predicted_max_context"])
-            );
-        }
-    }
-    let _ = writeln!(out, "\n## Where and how\n");
-    for (what, value) in setup_facts(r) {
-        if what == "command" {
-            let _ = writeln!(out, "- {what}: `{value}`");
-        } else {
-            let _ = writeln!(out, "- {what}: {value}");
-        }
-    }
-    out
-}
-
-/// Write report.json, report.md, report.html and the SVG plots into the run directory.
-///
-/// # Errors
-/// [`StoreError`]; a plot that cannot be drawn is an I/O error on its file.
-pub fn write(dir: &Path) -> Result<Report, StoreError> {
-    let r = build(dir)?;
-    let put = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| StoreError::Io { path, source })
-    };
-    let mut json = serde_json::to_string_pretty(&r).unwrap_or_default();
-    json.push('\n');
-    put("report.json", &json)?;
-    put("report.md", &markdown(&r))?;
-    let plots = super::plots::plots(&r).map_err(|e| StoreError::Io {
-        path: dir.join("report.html"),
-        source: std::io::Error::other(e),
-    })?;
-    for p in &plots {
-        put(&p.file, &p.svg)?;
-    }
-    put("report.html", &super::html::html(&r, &plots))?;
-    Ok(r)
 }

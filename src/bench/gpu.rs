@@ -1,0 +1,189 @@
+//! The GPU session: baselines before and after the CUDA context, the `--memory-limit`
+//! ballast, the NVML sampler, `calibration.json`, then the sweep and the boundary search.
+//!
+//! Compiled in every build: without the `cuda` feature the pool probe is a stub that cannot
+//! exist (`probe/cuda_pool_stub.rs`), `Accel::open` fails first with "built without CUDA",
+//! and CPU CI still type-checks all of this.
+
+use super::session::{run_info, Done, Model, Probes, Session};
+use super::{BenchError, Sweep};
+use crate::estimate::cuda::CudaOverheads;
+use crate::estimate::{Backend, Workload};
+use crate::probe::cuda_pool::PoolReserved;
+use crate::probe::nvml::{Gpu, Sampler};
+use crate::probe::MemoryProbe;
+use crate::runner::{Accel, DeviceKind, RunError};
+use crate::store::{GpuRun, PointRecord, RunDir, RunInfo, StoreError, BOUNDARY_FILE};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The CUDA device a sweep measures on.
+const DEVICE_INDEX: usize = 0;
+
+/// Measure `workloads` on CUDA device 0.
+///
+/// # Errors
+/// [`BenchError::Run`] when the device cannot be opened (also: a build without CUDA);
+/// [`BenchError::Options`] for a `--memory-limit` the device cannot honour.
+pub(super) fn run(
+    sweep: &Sweep,
+    workloads: &[Workload],
+    done: &Done,
+    dir: &mut RunDir,
+    on_point: &mut dyn FnMut(&PointRecord),
+) -> Result<Vec<PointRecord>, BenchError> {
+    let index = DEVICE_INDEX;
+    // Baselines before our context: NVML only (no CUDA call yet).
+    let gpu = Gpu::open(index as u32);
+    if let Err(e) = &gpu {
+        tracing::warn!(error = %e, "measuring with the memory pool only");
+    }
+    let gpu = gpu.ok();
+    let info_gpu = gpu.as_ref().and_then(|g| g.info().ok());
+    let before_mem = gpu.as_ref().and_then(|g| g.memory().ok());
+    let pids_before: BTreeSet<u32> = gpu
+        .as_ref()
+        .and_then(|g| g.processes().ok())
+        .map(|l| l.into_iter().map(|(p, _)| p).collect())
+        .unwrap_or_default();
+
+    let accel = Arc::new(Accel::open(DeviceKind::Cuda(index))?);
+    let pool = accel
+        .pool()
+        .ok_or_else(|| RunError::Device("no memory pool on this device".into()))?;
+    let sampler = gpu.map(|g| Sampler::start(g, sweep.plan.nvml_hz, pids_before));
+    let after_context = sampler.as_ref().map_or(0, |s| s.sample_now().0);
+    // --memory-limit: leave this process `limit` bytes in all (context included).
+    let ballast = match sweep.plan.memory_limit {
+        None => None,
+        Some(limit) => {
+            let (free, _) = pool.mem_free_total();
+            let keep = limit.checked_sub(after_context).ok_or_else(|| {
+                BenchError::Options(format!(
+                    "--memory-limit {limit}: the CUDA context alone takes {after_context} bytes"
+                ))
+            })?;
+            let take = free.checked_sub(keep).ok_or_else(|| {
+                BenchError::Options(format!(
+                    "--memory-limit {limit}: only {free} bytes are free beside the context"
+                ))
+            })?;
+            Some(pool.ballast(take).map_err(|e| {
+                BenchError::Options(format!(
+                    "--memory-limit {limit}: ballast of {take} bytes: {e}"
+                ))
+            })?)
+        }
+    };
+    let ballast_bytes = ballast.as_ref().map_or(0, |b| b.bytes());
+    let process_now = || {
+        sampler
+            .as_ref()
+            .map_or(0, |s| s.sample_now().0.saturating_sub(ballast_bytes))
+    };
+
+    tracing::info!(model = %sweep.spec.name(), dtype = %sweep.plan.dtype, "loading weights");
+    let model = Model::load(sweep, accel.clone(), pool)?;
+    // Runner::load warms up after loading: the weights figure is the pool's, the process
+    // figures below are after warm-up.
+    let after_weights = process_now();
+    accel.settle();
+    let after_warmup = process_now();
+    let stats = pool.stats();
+    // Everything of the process outside the pool: context, kernels, library workspaces.
+    let nonpool = after_warmup.saturating_sub(stats.reserved);
+    let gpu_run = GpuRun {
+        info: info_gpu.clone(),
+        pid_match: sampler.as_ref().map(|s| s.pid_match()),
+        nvml_hz: sweep.plan.nvml_hz,
+        nvml_samples: 0,
+        device_used_before_context_bytes: before_mem.map_or(0, |m| m.used),
+        device_free_before_context_bytes: before_mem.map_or(0, |m| m.free),
+        process_after_context_bytes: after_context,
+        process_after_weights_bytes: after_weights,
+        process_after_warmup_bytes: after_warmup,
+        pool_used_after_warmup_bytes: stats.used,
+        pool_reserved_after_warmup_bytes: stats.reserved,
+        fixed_overhead_bytes: after_warmup.saturating_sub(model.weights_bytes()),
+        memory_limit_bytes: sweep.plan.memory_limit,
+        ballast_bytes,
+    };
+    let device_name = info_gpu
+        .as_ref()
+        .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone());
+    let info = run_info(sweep, &model, device_name, Some(gpu_run))?;
+    dir.write_info(&info)?;
+    let overheads = CudaOverheads {
+        context_bytes: after_context,
+        libraries_bytes: nonpool.saturating_sub(after_context),
+        ..CudaOverheads::default()
+    };
+    write_calibration(dir, &info, &overheads)?;
+
+    let reserved = PoolReserved(pool);
+    let mut list: Vec<&dyn MemoryProbe> = vec![pool, &reserved];
+    let nvml_probes = sampler
+        .as_ref()
+        .map(|s| (s.process_probe(), s.device_probe()));
+    if let Some((p, d)) = &nvml_probes {
+        list.push(p);
+        list.push(d);
+    }
+    let residue = model.warmup_residue_bytes();
+    let mut session = Session {
+        sweep,
+        info,
+        model,
+        probes: Probes {
+            list,
+            backend: Backend::Cuda,
+            overheads,
+            residue,
+            device_before: before_mem.map_or(0, |m| m.used),
+            ballast: ballast_bytes,
+        },
+        dir,
+        done,
+        points: Vec::new(),
+    };
+    session.sweep(workloads, on_point)?;
+
+    if let Some(step) = sweep.plan.find_boundary {
+        let capacity = sweep
+            .plan
+            .memory_limit
+            .unwrap_or_else(|| before_mem.map_or_else(|| pool.mem_free_total().0, |m| m.free));
+        let mut boundaries = Vec::new();
+        for &b in &sweep.plan.grid.batches {
+            let bd = session.find_boundary(b, step, capacity, on_point)?;
+            tracing::info!(?bd, "boundary");
+            boundaries.push(bd);
+            session.dir.write_json(BOUNDARY_FILE, &boundaries)?;
+        }
+    }
+    if let (Some(s), Some(g)) = (&sampler, session.info.gpu.as_mut()) {
+        g.nvml_samples = s.samples();
+        g.pid_match = Some(s.pid_match());
+        session.dir.write_info(&session.info)?;
+    }
+    let points = std::mem::take(&mut session.points);
+    drop(session);
+    drop(ballast);
+    Ok(points)
+}
+
+/// `calibration.json`: the measured fixed terms of this GPU, driver and build, for
+/// `estimate --calibration`.
+fn write_calibration(dir: &RunDir, info: &RunInfo, o: &CudaOverheads) -> Result<(), StoreError> {
+    let Some(g) = &info.gpu else { return Ok(()) };
+    let v = serde_json::json!({
+        "schema_version": 1,
+        "gpu": g.info,
+        "candle_version": info.environment.candle_version,
+        "vramprobe_version": info.environment.vramprobe_version,
+        "overheads": o,
+        "pool_residue_bytes": info.warmup_residue_bytes,
+        "device_used_before_context_bytes": g.device_used_before_context_bytes,
+    });
+    dir.write_json("calibration.json", &v)
+}

@@ -1,0 +1,430 @@
+//! The command line's arguments (clap derive: the doc comments are the help text). What
+//! each command does is in its own file beside this one.
+
+use super::BadInput;
+use crate::estimate::candle_train::LoraSetup;
+use crate::estimate::EngineProfile;
+use crate::model::ModelRef;
+use crate::plan::{self, BenchPlan, DeviceChoice, Grid, Mode, WeightsChoice};
+use crate::spec::DType;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// How much memory does this LLM really need? Estimates from config.json, checked
+/// against real forward passes.
+#[derive(Debug, Parser)]
+#[command(name = "vramprobe", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Estimate memory for a model, batch and context from its config.json (instant).
+    Estimate(EstimateArgs),
+    /// Load a model with candle, run real forward passes over a grid of batch x context,
+    /// and compare the measured peaks with the estimate, point by point.
+    Bench(BenchArgs),
+    /// The GPU catalogue: memory as NVML reports it, compute capability, bf16.
+    Gpus(GpusArgs),
+    /// Which GPUs a model fits on at a batch and context, how far it stretches on each,
+    /// and how many it needs with tensor parallelism.
+    Fit(FitArgs),
+    /// Re-render the report of a stored run (Markdown, HTML or JSON) from its files, or
+    /// compare two runs.
+    Report(ReportArgs),
+    /// The daemon for Prometheus: GPU memory (NVML), stored benchmark results, sweeps on
+    /// request. Every flag can also be set from the environment (VRAMPROBE_*).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (beyond loopback, --token is required).
+    #[arg(long, env = "VRAMPROBE_LISTEN", default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::serve::DEFAULT_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token that POST /api/v1/bench requires (at least 16 characters).
+    #[arg(long, env = "VRAMPROBE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where runs are stored and read.
+    #[arg(long, env = "VRAMPROBE_RUNS_DIR", default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// How often NVML is polled (metrics are built from the last poll).
+    #[arg(long, env = "VRAMPROBE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: std::time::Duration,
+    /// Export each GPU process's memory (opt-in: PIDs churn, and so do series).
+    #[arg(long, env = "VRAMPROBE_PER_PROCESS")]
+    pub per_process: bool,
+    /// FAKE NVML for machines without a GPU: devices read from this JSON file at every poll.
+    #[arg(long, env = "VRAMPROBE_FAKE_NVML")]
+    pub fake_nvml: Option<PathBuf>,
+    /// Run a sweep when the daemon starts.
+    #[arg(long, env = "VRAMPROBE_BENCH_ON_START")]
+    pub bench_on_start: bool,
+    /// Run a sweep this often (e.g. 6h); skipped while one runs.
+    #[arg(long, env = "VRAMPROBE_BENCH_EVERY", value_parser = parse_duration)]
+    pub bench_every: Option<std::time::Duration>,
+    /// Sweeps' model where a request does not name one [default: the built-in tiny Llama].
+    #[arg(long, env = "VRAMPROBE_BENCH_MODEL")]
+    pub bench_model: Option<String>,
+    /// Sweeps' dtype [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_DTYPE")]
+    pub bench_dtype: Option<String>,
+    /// Sweeps' device, cpu or cuda [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_DEVICE")]
+    pub bench_device: Option<String>,
+    /// Sweeps' batch sizes, comma-separated [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_BATCH", value_delimiter = ',')]
+    pub bench_batch: Option<Vec<u64>>,
+    /// Sweeps' contexts, comma-separated [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_CONTEXT", value_delimiter = ',')]
+    pub bench_context: Option<Vec<u64>>,
+    /// Sweeps' decode steps [default: bench's].
+    #[arg(long, env = "VRAMPROBE_BENCH_DECODE_STEPS")]
+    pub bench_decode_steps: Option<u64>,
+    /// Sweeps' mode, inference or train [default: bench's, inference].
+    #[arg(long, env = "VRAMPROBE_BENCH_MODE")]
+    pub bench_mode: Option<String>,
+    /// Longest a client may take to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "VRAMPROBE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// Longest a request may take.
+    #[arg(long, env = "VRAMPROBE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// At shutdown, how long a running sweep may take to finish its point before it is
+    /// killed (what it stored is kept either way).
+    #[arg(long, env = "VRAMPROBE_SHUTDOWN_GRACE", default_value = "120s", value_parser = parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("\"{s}\": {e} (e.g. 500ms, 5s, 6h)"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A run directory written by `bench`.
+    #[arg(required_unless_present = "compare")]
+    pub run_dir: Option<PathBuf>,
+    /// What changed between two runs (two GPUs, two versions): B against A.
+    #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], conflicts_with = "run_dir")]
+    pub compare: Option<Vec<PathBuf>>,
+    /// md (Markdown), html (one self-contained page; not for --compare) or json.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Html,
+    Json,
+}
+
+/// What to estimate, and for training, how.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// `inference` (prefill + decode) or `train` (one optimizer step over batch x context).
+    #[arg(long, default_value_t = Mode::Inference)]
+    pub mode: Mode,
+    /// Training: adamw (mixed precision, fp32 master and moments), adamw-bf16, adamw-8bit, sgd.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: crate::estimate::train::Optimizer,
+    /// Training: activation checkpointing none, selective (attention core), full.
+    #[arg(long, default_value = "none")]
+    pub checkpointing: crate::estimate::train::Checkpointing,
+    /// Training: LoRA rank (adapters only are trained; with --quant int4 this is QLoRA).
+    #[arg(long)]
+    pub lora_rank: Option<u64>,
+    /// Training: LoRA target modules, comma-separated (q, k, v, o, gate, up, down).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    pub lora_targets: Vec<crate::estimate::train::Target>,
+    /// Training: ZeRO stage 0-3 over --gpus.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub zero: u8,
+    /// Training: data-parallel GPUs the ZeRO stage shards over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub gpus: u64,
+}
+
+impl TrainArgs {
+    pub(super) fn setup(
+        &self,
+        quant: crate::estimate::Quant,
+    ) -> anyhow::Result<crate::estimate::train::TrainSetup> {
+        use crate::estimate::train::{Lora, TrainSetup};
+        if self.lora_rank == Some(0) {
+            return Err(BadInput("--lora-rank 0: a rank must be at least 1".into()).into());
+        }
+        Ok(TrainSetup {
+            optimizer: self.optimizer,
+            checkpointing: self.checkpointing,
+            lora: self.lora_rank.map(|rank| Lora {
+                rank,
+                targets: self.lora_targets.clone(),
+            }),
+            quant,
+            zero: self.zero,
+            gpus: self.gpus,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GpusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FitArgs {
+    /// A model directory, its config.json, or a Hugging Face model id.
+    #[arg(long)]
+    pub model: String,
+    /// Hub revision when --model is a model id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Only this GPU (an id from `vramprobe gpus`, or part of its name).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Element type [default: the config's torch_dtype, else bf16].
+    #[arg(long)]
+    pub dtype: Option<DType>,
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Prompt length [default: 4096, or the model's limit if smaller].
+    #[arg(long)]
+    pub context: Option<u64>,
+    #[arg(long, default_value_t = 8)]
+    pub decode_steps: u64,
+    /// A calibration.json from `bench --device cuda` (see `estimate --calibration`).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Engine: candle-eager, transformers-eager, transformers-sdpa (aliases hf-eager, flash).
+    #[arg(long, default_value = "candle-eager")]
+    pub engine: EngineProfile,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
+    #[arg(long, default_value = "none")]
+    pub quant: crate::estimate::Quant,
+    /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
+    #[arg(long)]
+    pub kv_dtype: Option<crate::estimate::KvDtype>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EstimateArgs {
+    /// A model directory holding config.json, the config.json itself, or a Hugging Face
+    /// model id (`owner/name`: its config.json is fetched; HF_TOKEN for gated models).
+    #[arg(long)]
+    pub model: String,
+    /// Hub revision (branch, tag or commit) when --model is a model id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Element type of weights and activations [default: the config's torch_dtype, else bf16].
+    #[arg(long)]
+    pub dtype: Option<DType>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Prompt length in tokens [default: the model's max_position_embeddings minus the decode steps].
+    #[arg(long)]
+    pub context: Option<u64>,
+    /// Tokens generated after the prompt.
+    #[arg(long, default_value_t = 8)]
+    pub decode_steps: u64,
+    /// Where the engine runs: candle's CPU matmul widens bf16 to f32, CUDA does not.
+    #[arg(long, default_value_t = DeviceChoice::Cuda)]
+    pub device: DeviceChoice,
+    /// Override max_position_embeddings (as `bench --max-position`; the rope tables grow).
+    #[arg(long)]
+    pub max_position: Option<u64>,
+    /// A calibration.json written by `bench --device cuda`: its measured CUDA context and
+    /// library sizes replace the defaults (an H100 with driver 580).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Engine whose allocations are modelled: candle-eager (what `bench` runs),
+    /// transformers-eager (transformers' eager attention; alias hf-eager), transformers-sdpa
+    /// (transformers with SDPA: fused attention, preallocated KV cache; alias flash).
+    #[arg(long, default_value = "candle-eager")]
+    pub engine: EngineProfile,
+    /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
+    #[arg(long, default_value = "none")]
+    pub quant: crate::estimate::Quant,
+    /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
+    #[arg(long)]
+    pub kv_dtype: Option<crate::estimate::KvDtype>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Add the fit over the GPU catalogue (as `vramprobe fit`).
+    #[arg(long)]
+    pub fit: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A model directory holding config.json, the config.json itself, or a Hugging Face
+    /// model id (`owner/name`) [default: the built-in tiny Llama, models/vramprobe-tiny-llama].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) when --model is a model id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// No progress bars (download and sweep); they are also off when stderr is not a
+    /// terminal.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Element type to load and run the model in.
+    #[arg(long, default_value_t = plan::DEFAULT_DTYPE)]
+    pub dtype: DType,
+    /// Batch sizes, comma-separated [default: 1,2,4; with --mode train: 1,2].
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<u64>,
+    /// Context lengths (prompt tokens), comma-separated [default: 128,256,512,1024; with
+    /// --mode train: 128,256,512]. A context at the model's max_position_embeddings is the
+    /// sequence the cache holds: the prompt makes room for the decode steps.
+    #[arg(long, value_delimiter = ',')]
+    pub context: Vec<u64>,
+    /// `inference` (prefill, then decode steps) or `train`: two training steps per point
+    /// (forward, loss over every position, backward, candle-nn's AdamW step), the peak of
+    /// each phase measured.
+    #[arg(long, default_value_t = Mode::Inference)]
+    pub mode: Mode,
+    /// With --mode train: train LoRA adapters of this rank on a frozen model instead of
+    /// every parameter.
+    #[arg(long)]
+    pub lora_rank: Option<u64>,
+    /// With --lora-rank: the projections that get adapters (q, k, v, o, gate, up, down).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    pub lora_targets: Vec<crate::estimate::train::Target>,
+    /// Decode steps measured after each prefill.
+    #[arg(long, default_value_t = plan::DEFAULT_DECODE_STEPS)]
+    pub decode_steps: u64,
+    /// `synthetic` (seeded random values of the right shapes), `download` (the model id's
+    /// safetensors from the Hub, cached under HF_HOME), or a directory of *.safetensors
+    /// files [default: `download` for a model id, else `synthetic`].
+    #[arg(long)]
+    pub weights: Option<WeightsChoice>,
+    /// Seed of the synthetic weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run directory [default: runs/<UTC timestamp>-<model>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the points as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to measure: the CPU backend, or CUDA device 0 (a binary built with
+    /// `--features cuda`, see scripts/build-cuda.sh).
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+    /// NVML sampling rate in Hz, 1 to 100 (CUDA only; NVML calls take a driver lock: keep it
+    /// low).
+    #[arg(long, default_value_t = plan::DEFAULT_NVML_HZ)]
+    pub nvml_hz: u32,
+    /// After the grid, bisect per batch the largest context that fits (CUDA only).
+    #[arg(long)]
+    pub find_boundary: bool,
+    /// Resolution of --find-boundary, in tokens.
+    #[arg(long, default_value_t = plan::DEFAULT_BOUNDARY_STEP)]
+    pub boundary_step: u64,
+    /// Measure as if the GPU had this much memory for this process (CUDA only): e.g.
+    /// `40GiB`, `24GB`, or bytes. The rest is taken by a ballast allocation.
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// Override max_position_embeddings (candle's llama builds rope tables for that many
+    /// positions; contexts beyond it cannot run).
+    #[arg(long)]
+    pub max_position: Option<u64>,
+    /// Continue the run in this directory: the same model, grid and settings (read from its
+    /// run.json), measuring only the points it lacks.
+    #[arg(long, conflicts_with_all = ["model", "out", "batch", "context", "weights", "dtype", "device"])]
+    pub resume: Option<PathBuf>,
+    /// Fail (exit 1) if any point's |error| exceeds this ratio (0.02 = 2%), for the total
+    /// peak or for the part above the weights.
+    #[arg(long, value_parser = parse_ratio)]
+    pub max_error: Option<f64>,
+}
+
+impl BenchArgs {
+    /// The plan these arguments ask for (not yet checked: [`BenchPlan::check`]).
+    pub fn plan(&self) -> BenchPlan {
+        let defaults = Grid::default_for(self.mode);
+        let or_default = |given: &[u64], default: Vec<u64>| {
+            if given.is_empty() {
+                default
+            } else {
+                given.to_vec()
+            }
+        };
+        BenchPlan {
+            model: self.model.clone(),
+            revision: self.revision.clone(),
+            dtype: self.dtype,
+            device: self.device,
+            mode: self.mode,
+            lora: self.lora_rank.map(|rank| LoraSetup {
+                rank,
+                targets: self.lora_targets.clone(),
+            }),
+            grid: Grid {
+                batches: or_default(&self.batch, defaults.batches),
+                contexts: or_default(&self.context, defaults.contexts),
+                decode_steps: self.decode_steps,
+            },
+            weights: self.weights.clone().unwrap_or_else(|| {
+                WeightsChoice::default_for(&ModelRef::of(self.model.as_deref()))
+            }),
+            seed: self.seed,
+            nvml_hz: self.nvml_hz,
+            find_boundary: self.find_boundary.then_some(self.boundary_step),
+            memory_limit: self.memory_limit,
+            max_position: self.max_position,
+        }
+    }
+}
+
+/// A size in bytes: a plain number, or with a unit `KiB|MiB|GiB|TiB` (powers of 1024) or
+/// `KB|MB|GB|TB` (powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => {
+            return Err(format!(
+                "\"{s}\": unknown unit (use GiB, GB, MiB, MB or bytes)"
+            ))
+        }
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n * mult < 1e16 => Ok((n * mult).round() as u64),
+        _ => Err(format!("\"{s}\" is not a positive size such as 40GiB")),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("\"{s}\" is not a ratio >= 0 (0.02 means 2%)")),
+    }
+}

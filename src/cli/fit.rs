@@ -1,0 +1,119 @@
+//! `vramprobe fit` (and `estimate --fit`): which GPUs a model fits on, how far it stretches,
+//! how many it needs.
+
+use super::{load_overheads, out, outln, print_assumed, BadInput, FitArgs};
+use crate::estimate::fit::{self, FitQuery, GpuFit, TrainFitQuery};
+use crate::estimate::gpus::{self, GpuModel};
+use crate::estimate::Workload;
+use crate::model::ModelRef;
+use crate::plan::{Grid, Mode};
+use crate::report;
+use crate::spec::DType;
+use serde_json::json;
+
+/// The fit of `q` on every GPU of the catalogue, or on the one `only` names.
+pub(super) fn fit_results(q: &FitQuery<'_>, only: Option<&str>) -> anyhow::Result<Vec<GpuFit>> {
+    Ok(select_gpus(only)?
+        .into_iter()
+        .map(|g| fit::fit(q, g))
+        .collect())
+}
+
+/// The catalogue, or the one GPU `--gpu` names.
+fn select_gpus(only: Option<&str>) -> anyhow::Result<Vec<&'static GpuModel>> {
+    Ok(match only {
+        None => gpus::CATALOGUE.iter().collect(),
+        Some(name) => vec![gpus::find(name).ok_or_else(|| {
+            let ids: Vec<&str> = gpus::CATALOGUE.iter().map(|g| g.id).collect();
+            BadInput(format!(
+                "--gpu {name}: not one GPU of the catalogue (ids: {})",
+                ids.join(", ")
+            ))
+        })?],
+    })
+}
+
+/// Print a fit: `v` (the JSON without the fit) gets `fit` added, or the table.
+fn print_fit(
+    json_out: bool,
+    mut v: serde_json::Value,
+    q: &FitQuery<'_>,
+    fits: &[GpuFit],
+    assumed: &[String],
+) -> anyhow::Result<()> {
+    if json_out {
+        v["fit"] = json!(fits);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_assumed(assumed);
+        out!(
+            "{}",
+            report::fit_table(&q.spec.name(), q.dtype, q.engine, q.workload, fits)
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
+    let (spec, _) = ModelRef::of(Some(&a.model)).load(a.revision.as_deref(), false, true)?;
+    let dtype = a.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
+    let limit = spec
+        .max_position_embeddings
+        .saturating_sub(a.decode_steps)
+        .max(2);
+    let context = a.context.unwrap_or(4096.min(limit));
+    let grid = Grid {
+        batches: vec![a.batch],
+        contexts: vec![context],
+        decode_steps: a.decode_steps,
+    };
+    let w: Workload = grid.workloads(&spec)?[0];
+    let (overheads, source) = load_overheads(a.calibration.as_deref())?;
+    let q = FitQuery {
+        spec: &spec,
+        dtype,
+        engine: a.engine,
+        workload: w,
+        overheads,
+        quant: a.quant,
+        kv_dtype: a.kv_dtype,
+    };
+    if a.train.mode == Mode::Train {
+        // A training step has no decode steps: the context is the whole sequence.
+        let q = FitQuery {
+            workload: Workload { context, ..w },
+            ..q
+        };
+        return run_train(&a, &q, &source);
+    }
+    let assumed = grid.assumptions(&spec);
+    let fits = fit_results(&q, a.gpu.as_deref())?;
+    let v = json!({
+        "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(), "mode": "inference",
+        "batch": w.batch, "context": w.context, "decode_steps": w.decode_steps,
+        "overheads": overheads, "overheads_source": source, "assumed": assumed,
+    });
+    print_fit(a.json, v, &q, &fits, &assumed)
+}
+
+fn run_train(a: &FitArgs, q: &FitQuery<'_>, source: &str) -> anyhow::Result<()> {
+    let t = TrainFitQuery {
+        spec: q.spec,
+        dtype: q.dtype,
+        engine: q.engine,
+        batch: q.workload.batch,
+        context: q.workload.context,
+        setup: a.train.setup(a.quant)?,
+        overheads: q.overheads,
+    };
+    let fits: Vec<GpuFit> = select_gpus(a.gpu.as_deref())?
+        .into_iter()
+        .map(|g| fit::fit_train(&t, g))
+        .collect();
+    let v = json!({
+        "model": q.spec.name(), "dtype": q.dtype, "engine": q.engine.as_str(), "mode": "train",
+        "setup": t.setup, "batch": t.batch, "context": t.context,
+        "overheads": q.overheads, "overheads_source": source, "assumed": [],
+    });
+    print_fit(a.json, v, q, &fits, &[])
+}
