@@ -182,7 +182,7 @@ mod tests {
 
     fn tiny() -> ModelSpec {
         ModelSpec::from_json_str(
-            include_str!("../models/vramprobe-tiny-llama/config.json"),
+            include_str!("../../models/vramprobe-tiny-llama/config.json"),
             Path::new("tiny/config.json"),
         )
         .unwrap()
