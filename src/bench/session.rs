@@ -257,7 +257,7 @@ impl Session<'_> {
             ));
         };
         let (sweep, probes) = (self.sweep, &self.probes);
-        let est = candle_train::estimate(
+        let est = candle_train::simulate_step(
             &sweep.spec,
             sweep.plan.dtype,
             probes.backend == Backend::Cpu,

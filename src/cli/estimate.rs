@@ -181,7 +181,7 @@ fn run_train(a: &EstimateArgs, spec: &ModelSpec, dtype: DType, w: Workload) -> a
             rank: l.rank,
             targets: l.targets.clone(),
         });
-        let p = candle_train::estimate(
+        let p = candle_train::simulate_step(
             spec,
             dtype,
             a.device == DeviceChoice::Cpu,

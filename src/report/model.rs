@@ -72,7 +72,7 @@ pub struct Llama3Estimate {
 const LLAMA3_8B_CONFIG: &str = include_str!("../../models/meta-llama-3-8b-instruct/config.json");
 
 fn llama3_estimates() -> Vec<Llama3Estimate> {
-    use crate::estimate::candle_train::{estimate, LoraSetup, TrainPhase};
+    use crate::estimate::candle_train::{simulate_step, LoraSetup, TrainPhase};
     use crate::estimate::train::Target;
     let Ok(spec) = crate::spec::ModelSpec::from_json_str(
         LLAMA3_8B_CONFIG,
@@ -87,7 +87,7 @@ fn llama3_estimates() -> Vec<Llama3Estimate> {
     let mut out = Vec::new();
     for (setup, l) in [("full fine-tune", None), ("LoRA r16 q,v", Some(&lora))] {
         for context in [256, 512, 1024] {
-            let e = estimate(&spec, crate::spec::DType::BF16, false, 1, context, l);
+            let e = simulate_step(&spec, crate::spec::DType::BF16, false, 1, context, l);
             // The first phase with the largest peak (the steady step before the first).
             let (peak_phase, peak_bytes) =
                 TrainPhase::ALL.iter().fold((String::new(), 0), |best, p| {

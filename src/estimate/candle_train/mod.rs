@@ -1,0 +1,414 @@
+//! The `candle-eager` training profile: one step of [`super::train_graph`] on candle 0.11
+//! (forward, `Tensor::backward`, candle-nn's `AdamW`), replayed on shapes alone.
+//!
+//! A closed formula cannot follow candle's autograd closely enough, so this module
+//! simulates it: every tensor is a node with a shape, a storage and (when it tracks
+//! gradients) references to its inputs, exactly as candle's `Tensor_` holds `Arc`s; storages
+//! are counted while anything refers to them. The forward pass is the same generic code the
+//! runner executes; `backward` transcribes candle-core 0.11.1's `backprop.rs` rule by rule;
+//! `adamw_step` transcribes candle-nn 0.11.1's `AdamW::step`. What that reproduces, and what
+//! decides the peaks (all seen in the measurements):
+//!
+//! - Every forward intermediate stays alive until the loss is dropped: the graph holds them.
+//! - `backward` stores a gradient for every operand of every op, constants included (the
+//!   broadcast mask, the rotary tables, frozen LoRA base weights): those entries are never
+//!   consumed and live until the `GradStore` is dropped.
+//! - A gradient computed from a tracked tensor (`grad.matmul(&w)`, `grad.mul(&x)`) tracks
+//!   too, so the accumulated gradient holds its zero-initialised predecessor and the partial
+//!   gradient until its node is processed.
+//! - `AdamW::step` computes on the `Var`s themselves: every temporary tracks and is kept by
+//!   the next, about 14 tensors the size of the parameter being updated at once.
+
+mod backward;
+mod ops;
+mod optimizer;
+mod sim;
+
+use super::train_graph::{self, Dims, Inputs, Layer, Linear, Params};
+use crate::spec::{DType, ModelSpec};
+use serde::Serialize;
+use sim::{Sim, SimTensor};
+
+/// What a byte in use belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// Parameters (trainable or frozen), in the model dtype.
+    Weights,
+    /// Token ids, targets, rotary tables and the causal mask of the step.
+    Inputs,
+    /// Everything the forward pass allocates: the graph keeps it until the loss is dropped.
+    Activations,
+    /// The gradients of the trainable parameters.
+    Gradients,
+    /// Everything else `backward` allocates: gradients of intermediates and constants,
+    /// zero-initialised accumulators and the partial gradients they keep.
+    BackwardBuffers,
+    /// AdamW's first and second moments, in the parameters' dtype.
+    OptimizerStates,
+    /// The temporaries of `AdamW::step` for one parameter.
+    OptimizerTemporaries,
+}
+
+impl Part {
+    pub const ALL: [Part; 7] = [
+        Part::Weights,
+        Part::Inputs,
+        Part::Activations,
+        Part::Gradients,
+        Part::BackwardBuffers,
+        Part::OptimizerStates,
+        Part::OptimizerTemporaries,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Part::Weights => "weights",
+            Part::Inputs => "inputs",
+            Part::Activations => "activations",
+            Part::Gradients => "gradients",
+            Part::BackwardBuffers => "backward_buffers",
+            Part::OptimizerStates => "optimizer_states",
+            Part::OptimizerTemporaries => "optimizer_temporaries",
+        }
+    }
+}
+
+/// Bytes in use per [`Part`] at a peak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Parts(pub [u64; Part::ALL.len()]);
+
+impl Parts {
+    pub fn get(&self, p: Part) -> u64 {
+        self.0[p as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Non-zero parts by name.
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, u64> {
+        Part::ALL
+            .iter()
+            .filter(|p| self.get(**p) > 0)
+            .map(|p| (p.as_str().to_string(), self.get(*p)))
+            .collect()
+    }
+}
+
+/// The measured phases of a training step, as `bench --mode train` records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainPhase {
+    /// The forward pass and the loss, in steady state (optimizer moments resident).
+    Forward,
+    /// `loss.backward()`, the forward graph still alive.
+    Backward,
+    /// `AdamW::step`, the graph dropped, the gradients alive.
+    Optimizer,
+    /// The first step's optimizer phase, which creates the moments (`AdamW::new`).
+    OptimizerFirst,
+}
+
+impl TrainPhase {
+    pub const ALL: [TrainPhase; 4] = [
+        TrainPhase::Forward,
+        TrainPhase::Backward,
+        TrainPhase::Optimizer,
+        TrainPhase::OptimizerFirst,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TrainPhase::Forward => "train_forward",
+            TrainPhase::Backward => "train_backward",
+            TrainPhase::Optimizer => "train_optimizer",
+            TrainPhase::OptimizerFirst => "train_optimizer_first",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// LoRA as the runner trains it: adapters in the model dtype on the targeted projections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSetup {
+    pub rank: u64,
+    pub targets: Vec<super::train::Target>,
+}
+
+/// The peaks of one training point: each phase's bytes by part, measured from before the
+/// weights were loaded (the weights are included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainPeaks {
+    pub forward: Parts,
+    pub backward: Parts,
+    pub optimizer: Parts,
+    pub optimizer_first: Parts,
+    /// Parameters trained (all of them, or the adapters').
+    pub trainable_params: u64,
+}
+
+impl TrainPeaks {
+    pub fn phase(&self, p: TrainPhase) -> &Parts {
+        match p {
+            TrainPhase::Forward => &self.forward,
+            TrainPhase::Backward => &self.backward,
+            TrainPhase::Optimizer => &self.optimizer,
+            TrainPhase::OptimizerFirst => &self.optimizer_first,
+        }
+    }
+
+    /// The step's peak over its phases.
+    pub fn total_bytes(&self) -> u64 {
+        TrainPhase::ALL
+            .iter()
+            .map(|p| self.phase(*p).total())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The simulator.
+
+/// Dims of the graph for a spec and a point.
+pub fn graph_dims(spec: &ModelSpec, batch: u64, seq: u64) -> Dims {
+    Dims {
+        batch: batch as usize,
+        seq: seq as usize,
+        hidden: spec.hidden_size as usize,
+        heads: spec.num_heads as usize,
+        kv_heads: spec.num_kv_heads as usize,
+        head_dim: spec.head_dim as usize,
+        eps: spec.rms_norm_eps,
+    }
+}
+
+/// Simulate two training steps (the first creates the optimizer's moments) of `batch x
+/// context` tokens and return each phase's peak, as `bench --mode train` measures them.
+pub fn simulate_step(
+    spec: &ModelSpec,
+    dtype: DType,
+    cpu: bool,
+    batch: u64,
+    context: u64,
+    lora: Option<&LoraSetup>,
+) -> TrainPeaks {
+    use super::train::Target;
+    let e = dtype.size_in_bytes();
+    let sim = Sim::new(cpu, e);
+    let d = graph_dims(spec, batch, context);
+    let (h, inter, vocab) = (
+        spec.hidden_size as usize,
+        spec.intermediate_size as usize,
+        spec.vocab_size as usize,
+    );
+    let (q_w, kv_w) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    let full = lora.is_none();
+    let mut trainable: Vec<SimTensor> = Vec::new();
+    let param = |shape: &[usize], trainable: &mut Vec<SimTensor>| {
+        if full {
+            let v = sim.var(shape);
+            trainable.push(v.clone());
+            v
+        } else {
+            sim.tensor(shape, e, false)
+        }
+    };
+    let lin = |out: usize, inp: usize, t: Option<Target>, trainable: &mut Vec<SimTensor>| {
+        let w = param(&[out, inp], trainable);
+        let adapter = match (lora, t) {
+            (Some(l), Some(t)) if l.targets.contains(&t) => {
+                let r = l.rank as usize;
+                let a = sim.var(&[r, inp]);
+                let b = sim.var(&[out, r]);
+                trainable.push(a.clone());
+                trainable.push(b.clone());
+                Some((a, b, 2.0))
+            }
+            _ => None,
+        };
+        Linear { w, lora: adapter }
+    };
+    sim.tag(Part::Weights);
+    let embed = param(&[vocab, h], &mut trainable);
+    let layers: Vec<Layer<SimTensor>> = (0..spec.num_layers)
+        .map(|_| Layer {
+            input_layernorm: param(&[h], &mut trainable),
+            q: lin(q_w, h, Some(Target::Q), &mut trainable),
+            k: lin(kv_w, h, Some(Target::K), &mut trainable),
+            v: lin(kv_w, h, Some(Target::V), &mut trainable),
+            o: lin(h, q_w, Some(Target::O), &mut trainable),
+            post_attention_layernorm: param(&[h], &mut trainable),
+            gate: lin(inter, h, Some(Target::Gate), &mut trainable),
+            up: lin(inter, h, Some(Target::Up), &mut trainable),
+            down: lin(h, inter, Some(Target::Down), &mut trainable),
+        })
+        .collect();
+    let norm = param(&[h], &mut trainable);
+    let lm_head = if spec.tie_word_embeddings {
+        Linear {
+            w: embed.clone(),
+            lora: None,
+        }
+    } else {
+        lin(vocab, h, None, &mut trainable)
+    };
+    let params = Params {
+        embed,
+        layers,
+        norm,
+        lm_head,
+    };
+    let trainable_params: u64 = trainable
+        .iter()
+        .map(|t| sim.shape(t).iter().product::<usize>() as u64)
+        .sum();
+    let weights = sim.live();
+
+    let mut moments: Option<Vec<(SimTensor, SimTensor)>> = None;
+    let mut peaks = [Parts::default(); 4];
+    for step in 0..2 {
+        sim.reset_peak();
+        sim.tag(Part::Inputs);
+        let n = d.batch * d.seq;
+        let inputs = Inputs {
+            ids: sim.tensor(&[n], 4, true),
+            targets: sim.tensor(&[n, 1], 4, true),
+            cos: sim.tensor(&[d.seq, d.head_dim], e, false),
+            sin: sim.tensor(&[d.seq, d.head_dim], e, false),
+            mask: sim.tensor(&[d.seq, d.seq], e, false),
+        };
+        sim.tag(Part::Activations);
+        let Ok(loss) = train_graph::loss(&sim, &params, &inputs, &d);
+        let forward = sim.peak();
+        sim.reset_peak();
+        sim.tag(Part::BackwardBuffers);
+        let mut grads = sim.backward(&loss);
+        let backward = sim.peak();
+        drop(loss);
+        drop(inputs);
+        // Only the parameters' gradients are kept for the step.
+        let ids: Vec<usize> = trainable.iter().map(|t| t.id).collect();
+        grads.map.retain(|k, _| ids.contains(k));
+        sim.reset_peak();
+        if moments.is_none() {
+            sim.tag(Part::OptimizerStates);
+            moments = Some(
+                trainable
+                    .iter()
+                    .map(|t| {
+                        // `Var::zeros`: the moments are variables too.
+                        let s = sim.shape(t);
+                        (sim.var(&s), sim.var(&s))
+                    })
+                    .collect(),
+            );
+        }
+        sim.tag(Part::OptimizerTemporaries);
+        if let Some(ms) = &moments {
+            for (t, (m, v)) in trainable.iter().zip(ms) {
+                if let Some(gr) = grads.map.get(&t.id) {
+                    sim.adamw_var(t, m, v, gr);
+                }
+            }
+        }
+        let optimizer = sim.peak();
+        drop(grads);
+        if step == 0 {
+            peaks[3] = optimizer;
+        } else {
+            peaks[0] = forward;
+            peaks[1] = backward;
+            peaks[2] = optimizer;
+        }
+    }
+    debug_assert!(weights.total() > 0);
+    TrainPeaks {
+        forward: peaks[0],
+        backward: peaks[1],
+        optimizer: peaks[2],
+        optimizer_first: peaks[3],
+        trainable_params,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimate::train::Target;
+
+    fn spec(name: &str) -> ModelSpec {
+        ModelSpec::from_path(std::path::Path::new(&format!("models/{name}"))).expect("config")
+    }
+
+    /// A full fine-tune: the moments are two copies of the weights, the optimizer phase holds
+    /// every gradient, and `AdamW::step`'s temporaries are 14 tensors the size of the largest
+    /// parameter (candle-nn computes on the `Var`s, so each temporary keeps the previous).
+    #[test]
+    fn full_fine_tune_parts() {
+        let s = spec("vramprobe-tiny-llama");
+        let p = simulate_step(&s, DType::F32, true, 1, 128, None);
+        let w = s.param_count() * 4;
+        assert_eq!(p.trainable_params, s.param_count());
+        assert_eq!(p.forward.get(Part::Weights), w);
+        assert_eq!(p.forward.get(Part::OptimizerStates), 2 * w);
+        assert_eq!(p.optimizer.get(Part::Gradients), w);
+        let largest = s.vocab_size * s.hidden_size * 4;
+        assert_eq!(p.optimizer.get(Part::OptimizerTemporaries), 14 * largest);
+        assert_eq!(p.optimizer.total(), p.optimizer_first.total());
+        assert!(p.backward.total() > p.forward.total());
+        assert_eq!(p.forward.get(Part::Gradients), 0);
+    }
+
+    /// Activations grow with the tokens (quadratically through the attention scores); the
+    /// optimizer step does not depend on them.
+    #[test]
+    fn activations_grow_with_tokens() {
+        let s = spec("vramprobe-tiny-llama");
+        let a = |b, c| simulate_step(&s, DType::F32, true, b, c, None);
+        let (short, long, wide) = (a(1, 128), a(1, 512), a(4, 128));
+        let act = |p: &TrainPeaks| p.forward.get(Part::Activations);
+        assert!(act(&long) > 4 * act(&short));
+        assert!(act(&wide) >= 4 * act(&short) - 4096);
+        assert_eq!(short.optimizer.total(), long.optimizer.total());
+    }
+
+    /// LoRA: only the adapters have moments and gradients; candle still stores gradients for
+    /// the frozen weights during backward (three weight-sized tensors each).
+    #[test]
+    fn lora_trains_the_adapters_only() {
+        let s = spec("vramprobe-tiny-llama");
+        let l = LoraSetup {
+            rank: 8,
+            targets: vec![Target::Q, Target::V],
+        };
+        let p = simulate_step(&s, DType::F32, true, 1, 128, Some(&l));
+        let adapters = s.num_layers * 8 * ((256 + 256) + (256 + 64));
+        assert_eq!(p.trainable_params, adapters);
+        assert_eq!(p.forward.get(Part::OptimizerStates), 2 * adapters * 4);
+        assert_eq!(p.optimizer.get(Part::Gradients), adapters * 4);
+        let frozen = s.param_count() * 4;
+        assert!(p.backward.get(Part::BackwardBuffers) > 2 * frozen);
+    }
+
+    /// Llama-3-8B in BF16 on CUDA, the seed's claim: weights, gradients and two BF16 moments
+    /// are 8 bytes per parameter (64.2 GB); candle's optimizer step adds 14 copies of the
+    /// 1.05 GB lm_head.
+    #[test]
+    fn llama3_8b_full_fine_tune_optimizer_step() {
+        let s = spec("meta-llama-3-8b-instruct");
+        let p = simulate_step(&s, DType::BF16, false, 1, 512, None);
+        let w = 16_060_522_496;
+        let lm_head = 128_256 * 4096 * 2;
+        assert_eq!(p.optimizer.total(), 4 * w + 14 * lm_head);
+        assert!(p.backward.total() > 64_000_000_000 && p.backward.total() < 80_000_000_000);
+        let long = simulate_step(&s, DType::BF16, false, 1, 1024, None);
+        assert!(long.total_bytes() > 80_000_000_000);
+    }
+}
