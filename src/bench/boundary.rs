@@ -5,9 +5,29 @@ use super::session::{Model, Session};
 use super::{cuda_element_limit_context, BenchError, ENGINE};
 use crate::estimate::cuda as cuda_est;
 use crate::estimate::{self, Backend, Phase, Workload};
-use crate::store::{Boundary, PointRecord, Stage, Status};
+use crate::store::{Boundary, PointRecord, Stage, Status, BOUNDARY_FILE};
 
 impl Session<'_> {
+    /// Search every batch of the grid, writing `boundary.json` after each.
+    ///
+    /// # Errors
+    /// As [`Session::find_boundary`].
+    pub fn search_boundaries(
+        &mut self,
+        step: u64,
+        capacity: u64,
+        on_point: &mut dyn FnMut(&PointRecord),
+    ) -> Result<(), BenchError> {
+        let mut boundaries = Vec::new();
+        for &b in &self.sweep.plan.grid.batches {
+            let bd = self.find_boundary(b, step, capacity, on_point)?;
+            tracing::info!(?bd, "boundary");
+            boundaries.push(bd);
+            self.dir.write_json(BOUNDARY_FILE, &boundaries)?;
+        }
+        Ok(())
+    }
+
     /// The estimate of what `nvml_process` will show at the peak of a workload.
     fn estimated_process_bytes(&self, w: Workload) -> u64 {
         let (sweep, probes) = (self.sweep, &self.probes);

@@ -9,16 +9,73 @@ use super::session::{run_info, Done, Model, Probes, Session};
 use super::{BenchError, Sweep};
 use crate::estimate::cuda::CudaOverheads;
 use crate::estimate::{Backend, Workload};
-use crate::probe::cuda_pool::PoolReserved;
+use crate::probe::cuda_pool::{Ballast, CudaPoolProbe, PoolReserved};
 use crate::probe::nvml::{Gpu, Sampler};
 use crate::probe::MemoryProbe;
 use crate::runner::{Accel, DeviceKind, RunError};
-use crate::store::{GpuRun, PointRecord, RunDir, RunInfo, StoreError, BOUNDARY_FILE};
+use crate::store::{GpuRun, PointRecord, RunDir, RunInfo, StoreError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// The CUDA device a sweep measures on.
 const DEVICE_INDEX: usize = 0;
+
+/// NVML's view of the device before our CUDA context exists.
+struct BeforeContext {
+    gpu: Option<Gpu>,
+    info: Option<crate::probe::nvml::GpuInfo>,
+    memory: Option<crate::probe::nvml::DeviceMemory>,
+    pids: BTreeSet<u32>,
+}
+
+impl BeforeContext {
+    /// Read NVML only (no CUDA call yet); without NVML, the pool is the only source.
+    fn read(index: u32) -> Self {
+        let gpu = Gpu::open(index);
+        if let Err(e) = &gpu {
+            tracing::warn!(error = %e, "measuring with the memory pool only");
+        }
+        let gpu = gpu.ok();
+        BeforeContext {
+            info: gpu.as_ref().and_then(|g| g.info().ok()),
+            memory: gpu.as_ref().and_then(|g| g.memory().ok()),
+            pids: gpu
+                .as_ref()
+                .and_then(|g| g.processes().ok())
+                .map(|l| l.into_iter().map(|(p, _)| p).collect())
+                .unwrap_or_default(),
+            gpu,
+        }
+    }
+}
+
+/// `--memory-limit`: take what the process may not use, so that it has `limit` bytes in
+/// all (its context included).
+fn take_ballast(
+    pool: &CudaPoolProbe,
+    limit: Option<u64>,
+    after_context: u64,
+) -> Result<Option<Ballast>, BenchError> {
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    let (free, _) = pool.mem_free_total();
+    let keep = limit.checked_sub(after_context).ok_or_else(|| {
+        BenchError::Options(format!(
+            "--memory-limit {limit}: the CUDA context alone takes {after_context} bytes"
+        ))
+    })?;
+    let take = free.checked_sub(keep).ok_or_else(|| {
+        BenchError::Options(format!(
+            "--memory-limit {limit}: only {free} bytes are free beside the context"
+        ))
+    })?;
+    pool.ballast(take).map(Some).map_err(|e| {
+        BenchError::Options(format!(
+            "--memory-limit {limit}: ballast of {take} bytes: {e}"
+        ))
+    })
+}
 
 /// Measure `workloads` on CUDA device 0.
 ///
@@ -32,49 +89,16 @@ pub(super) fn run(
     dir: &mut RunDir,
     on_point: &mut dyn FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
-    let index = DEVICE_INDEX;
-    // Baselines before our context: NVML only (no CUDA call yet).
-    let gpu = Gpu::open(index as u32);
-    if let Err(e) = &gpu {
-        tracing::warn!(error = %e, "measuring with the memory pool only");
-    }
-    let gpu = gpu.ok();
-    let info_gpu = gpu.as_ref().and_then(|g| g.info().ok());
-    let before_mem = gpu.as_ref().and_then(|g| g.memory().ok());
-    let pids_before: BTreeSet<u32> = gpu
-        .as_ref()
-        .and_then(|g| g.processes().ok())
-        .map(|l| l.into_iter().map(|(p, _)| p).collect())
-        .unwrap_or_default();
-
-    let accel = Arc::new(Accel::open(DeviceKind::Cuda(index))?);
+    let before = BeforeContext::read(DEVICE_INDEX as u32);
+    let accel = Arc::new(Accel::open(DeviceKind::Cuda(DEVICE_INDEX))?);
     let pool = accel
         .pool()
         .ok_or_else(|| RunError::Device("no memory pool on this device".into()))?;
-    let sampler = gpu.map(|g| Sampler::start(g, sweep.plan.nvml_hz, pids_before));
+    let sampler = before
+        .gpu
+        .map(|g| Sampler::start(g, sweep.plan.nvml_hz, before.pids));
     let after_context = sampler.as_ref().map_or(0, |s| s.sample_now().0);
-    // --memory-limit: leave this process `limit` bytes in all (context included).
-    let ballast = match sweep.plan.memory_limit {
-        None => None,
-        Some(limit) => {
-            let (free, _) = pool.mem_free_total();
-            let keep = limit.checked_sub(after_context).ok_or_else(|| {
-                BenchError::Options(format!(
-                    "--memory-limit {limit}: the CUDA context alone takes {after_context} bytes"
-                ))
-            })?;
-            let take = free.checked_sub(keep).ok_or_else(|| {
-                BenchError::Options(format!(
-                    "--memory-limit {limit}: only {free} bytes are free beside the context"
-                ))
-            })?;
-            Some(pool.ballast(take).map_err(|e| {
-                BenchError::Options(format!(
-                    "--memory-limit {limit}: ballast of {take} bytes: {e}"
-                ))
-            })?)
-        }
-    };
+    let ballast = take_ballast(pool, sweep.plan.memory_limit, after_context)?;
     let ballast_bytes = ballast.as_ref().map_or(0, |b| b.bytes());
     let process_now = || {
         sampler
@@ -90,15 +114,13 @@ pub(super) fn run(
     accel.settle();
     let after_warmup = process_now();
     let stats = pool.stats();
-    // Everything of the process outside the pool: context, kernels, library workspaces.
-    let nonpool = after_warmup.saturating_sub(stats.reserved);
     let gpu_run = GpuRun {
-        info: info_gpu.clone(),
+        info: before.info.clone(),
         pid_match: sampler.as_ref().map(|s| s.pid_match()),
         nvml_hz: sweep.plan.nvml_hz,
         nvml_samples: 0,
-        device_used_before_context_bytes: before_mem.map_or(0, |m| m.used),
-        device_free_before_context_bytes: before_mem.map_or(0, |m| m.free),
+        device_used_before_context_bytes: before.memory.map_or(0, |m| m.used),
+        device_free_before_context_bytes: before.memory.map_or(0, |m| m.free),
         process_after_context_bytes: after_context,
         process_after_weights_bytes: after_weights,
         process_after_warmup_bytes: after_warmup,
@@ -108,14 +130,19 @@ pub(super) fn run(
         memory_limit_bytes: sweep.plan.memory_limit,
         ballast_bytes,
     };
-    let device_name = info_gpu
+    let device_name = before
+        .info
         .as_ref()
-        .map_or_else(|| format!("cuda:{index}"), |g| g.name.clone());
+        .map_or_else(|| format!("cuda:{DEVICE_INDEX}"), |g| g.name.clone());
     let info = run_info(sweep, &model, device_name, Some(gpu_run))?;
     dir.write_info(&info)?;
     let overheads = CudaOverheads {
         context_bytes: after_context,
-        libraries_bytes: nonpool.saturating_sub(after_context),
+        // Everything of the process outside the pool beyond the context: kernels, library
+        // workspaces.
+        libraries_bytes: after_warmup
+            .saturating_sub(stats.reserved)
+            .saturating_sub(after_context),
         ..CudaOverheads::default()
     };
     write_calibration(dir, &info, &overheads)?;
@@ -139,7 +166,7 @@ pub(super) fn run(
             backend: Backend::Cuda,
             overheads,
             residue,
-            device_before: before_mem.map_or(0, |m| m.used),
+            device_before: before.memory.map_or(0, |m| m.used),
             ballast: ballast_bytes,
         },
         dir,
@@ -147,29 +174,22 @@ pub(super) fn run(
         points: Vec::new(),
     };
     session.sweep(workloads, on_point)?;
-
     if let Some(step) = sweep.plan.find_boundary {
-        let capacity = sweep
-            .plan
-            .memory_limit
-            .unwrap_or_else(|| before_mem.map_or_else(|| pool.mem_free_total().0, |m| m.free));
-        let mut boundaries = Vec::new();
-        for &b in &sweep.plan.grid.batches {
-            let bd = session.find_boundary(b, step, capacity, on_point)?;
-            tracing::info!(?bd, "boundary");
-            boundaries.push(bd);
-            session.dir.write_json(BOUNDARY_FILE, &boundaries)?;
-        }
+        // The memory the prediction may use: the limit, else what was free before us.
+        let capacity = sweep.plan.memory_limit.unwrap_or_else(|| {
+            before
+                .memory
+                .map_or_else(|| pool.mem_free_total().0, |m| m.free)
+        });
+        session.search_boundaries(step, capacity, on_point)?;
     }
     if let (Some(s), Some(g)) = (&sampler, session.info.gpu.as_mut()) {
         g.nvml_samples = s.samples();
         g.pid_match = Some(s.pid_match());
         session.dir.write_info(&session.info)?;
     }
-    let points = std::mem::take(&mut session.points);
-    drop(session);
-    drop(ballast);
-    Ok(points)
+    // The ballast (if any) is freed when this function returns, after the last point.
+    Ok(std::mem::take(&mut session.points))
 }
 
 /// `calibration.json`: the measured fixed terms of this GPU, driver and build, for

@@ -174,7 +174,7 @@ pub fn compare(run_a: &str, a: &Report, run_b: &str, b: &Report) -> Comparison {
     let mut only_a = Vec::new();
     for (k, x) in &pa {
         let Some(y) = pb.get(k) else {
-            only_a.push(k.clone());
+            only_a.push(*k);
             continue;
         };
         let both = fitted(x) && fitted(y) && x.measured_peak_bytes > 0;

@@ -205,7 +205,7 @@ pub fn start(state: &Arc<State>, req: &BenchRequest) -> Result<JobState, StartEr
     args.push("--out".into());
     args.push(dir.display().to_string());
     let exe = std::env::current_exe().map_err(|e| StartError::Spawn(e.to_string()))?;
-    let mut child = tokio::process::Command::new(exe)
+    let child = tokio::process::Command::new(exe)
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -232,72 +232,80 @@ pub fn start(state: &Arc<State>, req: &BenchRequest) -> Result<JobState, StartEr
     tracing::info!(run = %id, "sweep started");
     let snapshot = job.clone();
     drop(job);
-    let state = Arc::clone(state);
+    tokio::spawn(watch(Arc::clone(state), child, id, dir));
+    Ok(snapshot)
+}
+
+/// Follow a running sweep: its progress from points.jsonl every 500 ms, the end of its
+/// stderr, and at its exit the outcome (completed, interrupted or failed) in the job state.
+async fn watch(
+    state: Arc<State>,
+    mut child: tokio::process::Child,
+    id: String,
+    dir: std::path::PathBuf,
+) {
     let stderr = child.stderr.take();
-    tokio::spawn(async move {
-        // The last 8 KiB of the sweep's stderr, for the failure message.
-        let tail = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            if let Some(mut s) = stderr {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = s.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > 8192 {
-                        buf.drain(..buf.len() - 8192);
-                    }
+    // The last 8 KiB of the sweep's stderr, for the failure message.
+    let tail = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        if let Some(mut s) = stderr {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 {
+                    break;
                 }
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        });
-        let points = dir.join("points.jsonl");
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let status = loop {
-            tokio::select! {
-                s = child.wait() => break s,
-                _ = tick.tick() => {
-                    let stored = count_lines(&points).await;
-                    state.job.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stored = stored;
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 8192 {
+                    buf.drain(..buf.len() - 8192);
                 }
-            }
-        };
-        let stored = count_lines(&points).await;
-        let message = tail.await.unwrap_or_default();
-        let code = status
-            .as_ref()
-            .ok()
-            .and_then(std::process::ExitStatus::code);
-        let outcome = match code {
-            Some(0) => "completed",
-            Some(c) if c == i32::from(crate::bench::EXIT_INTERRUPTED) => "interrupted",
-            _ => "failed",
-        };
-        {
-            let mut j = state
-                .job
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            j.running = false;
-            j.pid = None;
-            j.stored = stored;
-            j.finished_at = Some(now_stamp());
-            j.outcome = Some(outcome.into());
-            match outcome {
-                "completed" => j.last_success = Some(SystemTime::now()),
-                "failed" => {
-                    j.failed_total += 1;
-                    j.message = Some(message.trim().to_string());
-                }
-                _ => {}
             }
         }
-        tracing::info!(run = %id, outcome, stored, "sweep ended");
-        state.refresh_runs().await;
-        state.job_done.notify_waiters();
+        String::from_utf8_lossy(&buf).into_owned()
     });
-    Ok(snapshot)
+    let points = dir.join("points.jsonl");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s,
+            _ = tick.tick() => {
+                let stored = count_lines(&points).await;
+                state.job.lock().unwrap_or_else(std::sync::PoisonError::into_inner).stored = stored;
+            }
+        }
+    };
+    let stored = count_lines(&points).await;
+    let message = tail.await.unwrap_or_default();
+    let code = status
+        .as_ref()
+        .ok()
+        .and_then(std::process::ExitStatus::code);
+    let outcome = match code {
+        Some(0) => "completed",
+        Some(c) if c == i32::from(crate::bench::EXIT_INTERRUPTED) => "interrupted",
+        _ => "failed",
+    };
+    {
+        let mut j = state
+            .job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        j.running = false;
+        j.pid = None;
+        j.stored = stored;
+        j.finished_at = Some(now_stamp());
+        j.outcome = Some(outcome.into());
+        match outcome {
+            "completed" => j.last_success = Some(SystemTime::now()),
+            "failed" => {
+                j.failed_total += 1;
+                j.message = Some(message.trim().to_string());
+            }
+            _ => {}
+        }
+    }
+    tracing::info!(run = %id, outcome, stored, "sweep ended");
+    state.refresh_runs().await;
+    state.job_done.notify_waiters();
 }
 
 async fn count_lines(path: &std::path::Path) -> u64 {

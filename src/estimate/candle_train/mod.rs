@@ -189,6 +189,150 @@ pub fn graph_dims(spec: &ModelSpec, batch: u64, seq: u64) -> Dims {
     }
 }
 
+/// The model's parameters on the simulator, and those the optimizer updates (every one,
+/// or the LoRA adapters).
+struct SimModel {
+    params: Params<SimTensor>,
+    trainable: Vec<SimTensor>,
+}
+
+impl SimModel {
+    /// Allocate the parameters as `TrainRunner::load` does, in its order.
+    fn load(sim: &Sim, spec: &ModelSpec, e: u64, lora: Option<&LoraSetup>) -> Self {
+        use super::train::Target;
+        let d = graph_dims(spec, 1, 1);
+        let (h, inter, vocab) = (
+            spec.hidden_size as usize,
+            spec.intermediate_size as usize,
+            spec.vocab_size as usize,
+        );
+        let (q_w, kv_w) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+        let full = lora.is_none();
+        let mut trainable: Vec<SimTensor> = Vec::new();
+        let param = |shape: &[usize], trainable: &mut Vec<SimTensor>| {
+            if full {
+                let v = sim.var(shape);
+                trainable.push(v.clone());
+                v
+            } else {
+                sim.tensor(shape, e, false)
+            }
+        };
+        let lin = |out: usize, inp: usize, t: Option<Target>, trainable: &mut Vec<SimTensor>| {
+            let w = param(&[out, inp], trainable);
+            let adapter = match (lora, t) {
+                (Some(l), Some(t)) if l.targets.contains(&t) => {
+                    let r = l.rank as usize;
+                    let a = sim.var(&[r, inp]);
+                    let b = sim.var(&[out, r]);
+                    trainable.push(a.clone());
+                    trainable.push(b.clone());
+                    Some((a, b, 2.0))
+                }
+                _ => None,
+            };
+            Linear { w, lora: adapter }
+        };
+        sim.tag(Part::Weights);
+        let embed = param(&[vocab, h], &mut trainable);
+        let layers: Vec<Layer<SimTensor>> = (0..spec.num_layers)
+            .map(|_| Layer {
+                input_layernorm: param(&[h], &mut trainable),
+                q: lin(q_w, h, Some(Target::Q), &mut trainable),
+                k: lin(kv_w, h, Some(Target::K), &mut trainable),
+                v: lin(kv_w, h, Some(Target::V), &mut trainable),
+                o: lin(h, q_w, Some(Target::O), &mut trainable),
+                post_attention_layernorm: param(&[h], &mut trainable),
+                gate: lin(inter, h, Some(Target::Gate), &mut trainable),
+                up: lin(inter, h, Some(Target::Up), &mut trainable),
+                down: lin(h, inter, Some(Target::Down), &mut trainable),
+            })
+            .collect();
+        let norm = param(&[h], &mut trainable);
+        let lm_head = if spec.tie_word_embeddings {
+            Linear {
+                w: embed.clone(),
+                lora: None,
+            }
+        } else {
+            lin(vocab, h, None, &mut trainable)
+        };
+        let params = Params {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        };
+        SimModel { params, trainable }
+    }
+}
+
+/// The peaks of one simulated training step: forward, backward, optimizer.
+struct StepPeaks {
+    forward: Parts,
+    backward: Parts,
+    optimizer: Parts,
+}
+
+/// One training step of `batch x context` tokens on the simulator; the optimizer's moments
+/// are created on the first (`moments` None).
+fn step(
+    sim: &Sim,
+    model: &SimModel,
+    d: &Dims,
+    e: u64,
+    moments: &mut Option<Vec<(SimTensor, SimTensor)>>,
+) -> StepPeaks {
+    sim.reset_peak();
+    sim.tag(Part::Inputs);
+    let n = d.batch * d.seq;
+    let inputs = Inputs {
+        ids: sim.tensor(&[n], 4, true),
+        targets: sim.tensor(&[n, 1], 4, true),
+        cos: sim.tensor(&[d.seq, d.head_dim], e, false),
+        sin: sim.tensor(&[d.seq, d.head_dim], e, false),
+        mask: sim.tensor(&[d.seq, d.seq], e, false),
+    };
+    sim.tag(Part::Activations);
+    let Ok(loss) = train_graph::loss(sim, &model.params, &inputs, d);
+    let forward = sim.peak();
+    sim.reset_peak();
+    sim.tag(Part::BackwardBuffers);
+    let mut grads = sim.backward(&loss);
+    let backward = sim.peak();
+    drop(loss);
+    drop(inputs);
+    // Only the parameters' gradients are kept for the step.
+    let ids: Vec<usize> = model.trainable.iter().map(|t| t.id).collect();
+    grads.map.retain(|k, _| ids.contains(k));
+    sim.reset_peak();
+    let moments = moments.get_or_insert_with(|| {
+        sim.tag(Part::OptimizerStates);
+        model
+            .trainable
+            .iter()
+            .map(|t| {
+                // `Var::zeros`: the moments are variables too.
+                let s = sim.shape(t);
+                (sim.var(&s), sim.var(&s))
+            })
+            .collect()
+    });
+    sim.tag(Part::OptimizerTemporaries);
+    for (t, (m, v)) in model.trainable.iter().zip(moments.iter()) {
+        if let Some(gr) = grads.map.get(&t.id) {
+            sim.adamw_var(t, m, v, gr);
+        }
+    }
+    let optimizer = sim.peak();
+    drop(grads);
+    StepPeaks {
+        forward,
+        backward,
+        optimizer,
+    }
+}
+
 /// Simulate two training steps (the first creates the optimizer's moments) of `batch x
 /// context` tokens and return each phase's peak, as `bench --mode train` measures them.
 pub fn simulate_step(
@@ -199,141 +343,23 @@ pub fn simulate_step(
     context: u64,
     lora: Option<&LoraSetup>,
 ) -> TrainPeaks {
-    use super::train::Target;
     let e = dtype.size_in_bytes();
     let sim = Sim::new(cpu, e);
     let d = graph_dims(spec, batch, context);
-    let (h, inter, vocab) = (
-        spec.hidden_size as usize,
-        spec.intermediate_size as usize,
-        spec.vocab_size as usize,
-    );
-    let (q_w, kv_w) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
-    let full = lora.is_none();
-    let mut trainable: Vec<SimTensor> = Vec::new();
-    let param = |shape: &[usize], trainable: &mut Vec<SimTensor>| {
-        if full {
-            let v = sim.var(shape);
-            trainable.push(v.clone());
-            v
-        } else {
-            sim.tensor(shape, e, false)
-        }
-    };
-    let lin = |out: usize, inp: usize, t: Option<Target>, trainable: &mut Vec<SimTensor>| {
-        let w = param(&[out, inp], trainable);
-        let adapter = match (lora, t) {
-            (Some(l), Some(t)) if l.targets.contains(&t) => {
-                let r = l.rank as usize;
-                let a = sim.var(&[r, inp]);
-                let b = sim.var(&[out, r]);
-                trainable.push(a.clone());
-                trainable.push(b.clone());
-                Some((a, b, 2.0))
-            }
-            _ => None,
-        };
-        Linear { w, lora: adapter }
-    };
-    sim.tag(Part::Weights);
-    let embed = param(&[vocab, h], &mut trainable);
-    let layers: Vec<Layer<SimTensor>> = (0..spec.num_layers)
-        .map(|_| Layer {
-            input_layernorm: param(&[h], &mut trainable),
-            q: lin(q_w, h, Some(Target::Q), &mut trainable),
-            k: lin(kv_w, h, Some(Target::K), &mut trainable),
-            v: lin(kv_w, h, Some(Target::V), &mut trainable),
-            o: lin(h, q_w, Some(Target::O), &mut trainable),
-            post_attention_layernorm: param(&[h], &mut trainable),
-            gate: lin(inter, h, Some(Target::Gate), &mut trainable),
-            up: lin(inter, h, Some(Target::Up), &mut trainable),
-            down: lin(h, inter, Some(Target::Down), &mut trainable),
-        })
-        .collect();
-    let norm = param(&[h], &mut trainable);
-    let lm_head = if spec.tie_word_embeddings {
-        Linear {
-            w: embed.clone(),
-            lora: None,
-        }
-    } else {
-        lin(vocab, h, None, &mut trainable)
-    };
-    let params = Params {
-        embed,
-        layers,
-        norm,
-        lm_head,
-    };
-    let trainable_params: u64 = trainable
+    let model = SimModel::load(&sim, spec, e, lora);
+    let trainable_params: u64 = model
+        .trainable
         .iter()
         .map(|t| sim.shape(t).iter().product::<usize>() as u64)
         .sum();
-    let weights = sim.live();
-
-    let mut moments: Option<Vec<(SimTensor, SimTensor)>> = None;
-    let mut peaks = [Parts::default(); 4];
-    for step in 0..2 {
-        sim.reset_peak();
-        sim.tag(Part::Inputs);
-        let n = d.batch * d.seq;
-        let inputs = Inputs {
-            ids: sim.tensor(&[n], 4, true),
-            targets: sim.tensor(&[n, 1], 4, true),
-            cos: sim.tensor(&[d.seq, d.head_dim], e, false),
-            sin: sim.tensor(&[d.seq, d.head_dim], e, false),
-            mask: sim.tensor(&[d.seq, d.seq], e, false),
-        };
-        sim.tag(Part::Activations);
-        let Ok(loss) = train_graph::loss(&sim, &params, &inputs, &d);
-        let forward = sim.peak();
-        sim.reset_peak();
-        sim.tag(Part::BackwardBuffers);
-        let mut grads = sim.backward(&loss);
-        let backward = sim.peak();
-        drop(loss);
-        drop(inputs);
-        // Only the parameters' gradients are kept for the step.
-        let ids: Vec<usize> = trainable.iter().map(|t| t.id).collect();
-        grads.map.retain(|k, _| ids.contains(k));
-        sim.reset_peak();
-        if moments.is_none() {
-            sim.tag(Part::OptimizerStates);
-            moments = Some(
-                trainable
-                    .iter()
-                    .map(|t| {
-                        // `Var::zeros`: the moments are variables too.
-                        let s = sim.shape(t);
-                        (sim.var(&s), sim.var(&s))
-                    })
-                    .collect(),
-            );
-        }
-        sim.tag(Part::OptimizerTemporaries);
-        if let Some(ms) = &moments {
-            for (t, (m, v)) in trainable.iter().zip(ms) {
-                if let Some(gr) = grads.map.get(&t.id) {
-                    sim.adamw_var(t, m, v, gr);
-                }
-            }
-        }
-        let optimizer = sim.peak();
-        drop(grads);
-        if step == 0 {
-            peaks[3] = optimizer;
-        } else {
-            peaks[0] = forward;
-            peaks[1] = backward;
-            peaks[2] = optimizer;
-        }
-    }
-    debug_assert!(weights.total() > 0);
+    let mut moments = None;
+    let first = step(&sim, &model, &d, e, &mut moments);
+    let steady = step(&sim, &model, &d, e, &mut moments);
     TrainPeaks {
-        forward: peaks[0],
-        backward: peaks[1],
-        optimizer: peaks[2],
-        optimizer_first: peaks[3],
+        forward: steady.forward,
+        backward: steady.backward,
+        optimizer: steady.optimizer,
+        optimizer_first: first.optimizer,
         trainable_params,
     }
 }

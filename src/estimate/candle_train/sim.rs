@@ -287,10 +287,6 @@ impl Sim {
         self.inner.borrow().peak
     }
 
-    pub(super) fn live(&self) -> Parts {
-        self.inner.borrow().live
-    }
-
     pub(super) fn shape(&self, x: &SimTensor) -> Vec<usize> {
         self.inner.borrow().nodes[x.id].shape.clone()
     }
