@@ -92,8 +92,8 @@ impl Recorder<'_> {
             stage: Stage::Grid,
             message: None,
         };
-        let m = match m {
-            Ok(m) => m,
+        match m {
+            Ok(m) => self.measured(&mut rec, e, &m),
             Err(f) => {
                 rec.status = if f.oom { Status::Oom } else { Status::Error };
                 rec.message = Some(f.message);
@@ -101,9 +101,16 @@ impl Recorder<'_> {
                     rec.estimated_by_source
                         .insert("nvml_process".into(), e.process);
                 }
-                return rec;
             }
-        };
+        }
+        rec
+    }
+
+    /// Fill in what every source measured, each against the estimate in its own terms, and
+    /// the errors of the primary source and of the part above the weights.
+    fn measured(&self, rec: &mut PointRecord, e: &PointEstimate, m: &PhaseMeasurement) {
+        let probes = self.probes;
+        let estimated = e.tensors;
         // Per source: the measured figure in that source's terms, and the estimate in the same.
         for &(name, start, peak) in &m.raw {
             let (measured, est_src) = match name {
@@ -143,8 +150,10 @@ impl Recorder<'_> {
         // Above the weights: always from the allocator-exact source (probes[0]).
         let exact = m.peak_bytes;
         rec.measured_above_weights_bytes = exact.saturating_sub(self.measured_weights);
-        rec.above_weights_error_ratio =
-            store::error_ratio(est_above, rec.measured_above_weights_bytes);
+        rec.above_weights_error_ratio = store::error_ratio(
+            rec.estimated_above_weights_bytes,
+            rec.measured_above_weights_bytes,
+        );
         if primary != m.raw[0].0 {
             // Keep measured_peak - measured_above = the primary's non-activation part.
             rec.measured_above_weights_bytes = rec
@@ -153,7 +162,6 @@ impl Recorder<'_> {
         }
         rec.secs_per_forward = m.secs_per_forward;
         rec.tokens_per_sec = m.tokens_per_sec;
-        rec
     }
 }
 

@@ -140,6 +140,113 @@ impl TensorSpec {
     }
 }
 
+/// The checks of [`ModelSpec::from_raw`], each naming the file and the field it rejects.
+struct Check<'a>(&'a Path);
+
+impl Check<'_> {
+    fn invalid(&self, field: &'static str, value: String, reason: String) -> SpecError {
+        SpecError::InvalidField {
+            path: self.0.to_path_buf(),
+            field,
+            value,
+            reason,
+        }
+    }
+
+    fn model_type(&self, t: Option<&str>) -> Result<String, SpecError> {
+        match t {
+            Some(t) if SUPPORTED_MODEL_TYPES.contains(&t) => Ok(t.to_string()),
+            Some(t) => Err(SpecError::UnsupportedModelType {
+                path: self.0.to_path_buf(),
+                value: t.to_string(),
+            }),
+            None => Err(SpecError::MissingField {
+                path: self.0.to_path_buf(),
+                field: "model_type",
+            }),
+        }
+    }
+
+    fn positive(&self, field: &'static str, v: Option<i64>) -> Result<u64, SpecError> {
+        match v {
+            None => Err(SpecError::MissingField {
+                path: self.0.to_path_buf(),
+                field,
+            }),
+            Some(v) if v <= 0 => {
+                Err(self.invalid(field, v.to_string(), "must be a positive integer".into()))
+            }
+            Some(v) => Ok(v as u64),
+        }
+    }
+
+    fn finite_positive(
+        &self,
+        field: &'static str,
+        v: Option<f64>,
+        default: f64,
+    ) -> Result<f64, SpecError> {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(self.invalid(field, v.to_string(), "must be a positive number".into()))
+        }
+    }
+
+    /// KV heads (default: the heads) and head_dim (default: hidden / heads), checked to
+    /// divide as attention needs.
+    fn heads(
+        &self,
+        raw: &RawConfig,
+        hidden_size: u64,
+        num_heads: u64,
+    ) -> Result<(u64, u64), SpecError> {
+        let num_kv_heads = match raw.num_key_value_heads {
+            None => num_heads,
+            v => self.positive("num_key_value_heads", v)?,
+        };
+        let head_dim = match raw.head_dim {
+            None if hidden_size % num_heads != 0 => {
+                return Err(self.invalid(
+                    "num_attention_heads",
+                    num_heads.to_string(),
+                    format!("does not divide hidden_size {hidden_size} and no head_dim is given"),
+                ))
+            }
+            None => hidden_size / num_heads,
+            v => self.positive("head_dim", v)?,
+        };
+        if num_heads % num_kv_heads != 0 {
+            return Err(self.invalid(
+                "num_key_value_heads",
+                num_kv_heads.to_string(),
+                format!("does not divide num_attention_heads {num_heads}"),
+            ));
+        }
+        if head_dim % 2 != 0 {
+            return Err(self.invalid(
+                "head_dim",
+                head_dim.to_string(),
+                "rotary embeddings need an even head dimension".into(),
+            ));
+        }
+        Ok((num_kv_heads, head_dim))
+    }
+
+    /// `torch_dtype` (or, in newer configs, `dtype`), if given.
+    fn dtype(&self, raw: &RawConfig) -> Result<Option<DType>, SpecError> {
+        let (field, text) = match (&raw.torch_dtype, &raw.dtype) {
+            (Some(t), _) => ("torch_dtype", t),
+            (None, Some(t)) => ("dtype", t),
+            (None, None) => return Ok(None),
+        };
+        text.parse::<DType>()
+            .map(Some)
+            .map_err(|reason| self.invalid(field, format!("\"{text}\""), reason))
+    }
+}
+
 impl ModelSpec {
     /// Read and resolve a `config.json`, or a directory holding one.
     ///
@@ -180,110 +287,17 @@ impl ModelSpec {
     /// heads that do not divide the hidden size, KV heads that do not divide the heads) and
     /// [`SpecError::UnsupportedModelType`].
     pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Self, SpecError> {
-        let p = || path.to_path_buf();
-        let model_type = match raw.model_type.as_deref() {
-            Some(t) if SUPPORTED_MODEL_TYPES.contains(&t) => t.to_string(),
-            Some(t) => {
-                return Err(SpecError::UnsupportedModelType {
-                    path: p(),
-                    value: t.to_string(),
-                })
-            }
-            None => {
-                return Err(SpecError::MissingField {
-                    path: p(),
-                    field: "model_type",
-                })
-            }
-        };
-        let positive = |field: &'static str, v: Option<i64>| -> Result<u64, SpecError> {
-            match v {
-                None => Err(SpecError::MissingField { path: p(), field }),
-                Some(v) if v <= 0 => Err(SpecError::InvalidField {
-                    path: p(),
-                    field,
-                    value: v.to_string(),
-                    reason: "must be a positive integer".into(),
-                }),
-                Some(v) => Ok(v as u64),
-            }
-        };
-        let hidden_size = positive("hidden_size", raw.hidden_size)?;
-        let intermediate_size = positive("intermediate_size", raw.intermediate_size)?;
-        let num_layers = positive("num_hidden_layers", raw.num_hidden_layers)?;
-        let num_heads = positive("num_attention_heads", raw.num_attention_heads)?;
-        let vocab_size = positive("vocab_size", raw.vocab_size)?;
+        let check = Check(path);
+        let model_type = check.model_type(raw.model_type.as_deref())?;
+        // In this order: the first missing or invalid field is the one named.
+        let hidden_size = check.positive("hidden_size", raw.hidden_size)?;
+        let intermediate_size = check.positive("intermediate_size", raw.intermediate_size)?;
+        let num_layers = check.positive("num_hidden_layers", raw.num_hidden_layers)?;
+        let num_heads = check.positive("num_attention_heads", raw.num_attention_heads)?;
+        let vocab_size = check.positive("vocab_size", raw.vocab_size)?;
         let max_position_embeddings =
-            positive("max_position_embeddings", raw.max_position_embeddings)?;
-        let num_kv_heads = match raw.num_key_value_heads {
-            None => num_heads,
-            v => positive("num_key_value_heads", v)?,
-        };
-        let head_dim = match raw.head_dim {
-            None => {
-                if hidden_size % num_heads != 0 {
-                    return Err(SpecError::InvalidField {
-                        path: p(),
-                        field: "num_attention_heads",
-                        value: num_heads.to_string(),
-                        reason: format!(
-                            "does not divide hidden_size {hidden_size} and no head_dim is given"
-                        ),
-                    });
-                }
-                hidden_size / num_heads
-            }
-            v => positive("head_dim", v)?,
-        };
-        if num_heads % num_kv_heads != 0 {
-            return Err(SpecError::InvalidField {
-                path: p(),
-                field: "num_key_value_heads",
-                value: num_kv_heads.to_string(),
-                reason: format!("does not divide num_attention_heads {num_heads}"),
-            });
-        }
-        if head_dim % 2 != 0 {
-            return Err(SpecError::InvalidField {
-                path: p(),
-                field: "head_dim",
-                value: head_dim.to_string(),
-                reason: "rotary embeddings need an even head dimension".into(),
-            });
-        }
-        let finite_positive =
-            |field: &'static str, v: Option<f64>, default: f64| -> Result<f64, SpecError> {
-                let v = v.unwrap_or(default);
-                if v.is_finite() && v > 0.0 {
-                    Ok(v)
-                } else {
-                    Err(SpecError::InvalidField {
-                        path: p(),
-                        field,
-                        value: v.to_string(),
-                        reason: "must be a positive number".into(),
-                    })
-                }
-            };
-        let rope_theta = finite_positive("rope_theta", raw.rope_theta, 10_000.0)?;
-        let rms_norm_eps = finite_positive("rms_norm_eps", raw.rms_norm_eps, 1e-6)?;
-        let (dtype_field, dtype_text) = match (&raw.torch_dtype, &raw.dtype) {
-            (Some(t), _) => ("torch_dtype", Some(t)),
-            (None, Some(t)) => ("dtype", Some(t)),
-            (None, None) => ("torch_dtype", None),
-        };
-        let torch_dtype = match dtype_text {
-            None => None,
-            Some(t) => Some(
-                t.parse::<DType>()
-                    .map_err(|reason| SpecError::InvalidField {
-                        path: p(),
-                        field: dtype_field,
-                        value: format!("\"{t}\""),
-                        reason,
-                    })?,
-            ),
-        };
+            check.positive("max_position_embeddings", raw.max_position_embeddings)?;
+        let (num_kv_heads, head_dim) = check.heads(&raw, hidden_size, num_heads)?;
         // Qwen2 always has q/k/v biases and no o_proj bias; Llama and Mistral follow
         // `attention_bias` (which in transformers' Llama covers o_proj too).
         let (qkv_bias, o_bias) = match model_type.as_str() {
@@ -305,13 +319,13 @@ impl ModelSpec {
             head_dim,
             vocab_size,
             max_position_embeddings,
-            rope_theta,
-            rms_norm_eps,
+            rope_theta: check.finite_positive("rope_theta", raw.rope_theta, 10_000.0)?,
+            rms_norm_eps: check.finite_positive("rms_norm_eps", raw.rms_norm_eps, 1e-6)?,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias,
             o_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
-            torch_dtype,
+            torch_dtype: check.dtype(&raw)?,
             rope_scaling: raw.rope_scaling,
         })
     }
