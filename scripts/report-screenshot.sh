@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render a stored run's report.html in headless Chromium and save a screenshot of its top
-# (headline, rule of thumb, the first plots) for the README.
+# (headline, rule of thumb, the first plots) for docs/bench.md.
 # Usage: scripts/report-screenshot.sh [RUN_DIR] [OUT.png]
 # Needs Debian's chromium (apt-get install chromium) and a built vramprobe.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load benchmark and soak of `vramprobe serve` (figures in the README's daemon section).
+# Load benchmark and soak of `vramprobe serve` (figures in docs/daemon.md).
 #  1. idle: RSS after start-up, and CPU over IDLE_SECS at the default 5 s NVML poll;
 #  2. load: /metrics at RATE requests/s for LOAD_SECS (examples/scrape_load.rs, open loop),
 #     p50/p99/max latency, then RSS;

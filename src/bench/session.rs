@@ -359,7 +359,7 @@ pub(super) fn run_info(
             Model::Infer(_) => None,
         },
         gpu,
-        settings: Some(store::BenchSettings::of(plan)),
+        settings: Some(plan.clone()),
         resumed_at: Vec::new(),
     };
     if sweep.resume {

@@ -178,47 +178,9 @@ pub struct GpusArgs {
     pub json: bool,
 }
 
+/// What `estimate` and `fit` both ask about: the model, how it runs, the workload.
 #[derive(Debug, clap::Args)]
-pub struct FitArgs {
-    /// A model directory, its config.json, or a Hugging Face model id.
-    #[arg(long)]
-    pub model: String,
-    /// Hub revision when --model is a model id.
-    #[arg(long)]
-    pub revision: Option<String>,
-    /// Only this GPU (an id from `vramprobe gpus`, or part of its name).
-    #[arg(long)]
-    pub gpu: Option<String>,
-    /// Element type [default: the config's torch_dtype, else bf16].
-    #[arg(long)]
-    pub dtype: Option<DType>,
-    #[arg(long, default_value_t = 1)]
-    pub batch: u64,
-    /// Prompt length [default: 4096, or the model's limit if smaller].
-    #[arg(long)]
-    pub context: Option<u64>,
-    #[arg(long, default_value_t = 8)]
-    pub decode_steps: u64,
-    /// A calibration.json from `bench --device cuda` (see `estimate --calibration`).
-    #[arg(long)]
-    pub calibration: Option<PathBuf>,
-    /// Engine: candle-eager, transformers-eager, transformers-sdpa (aliases hf-eager, flash).
-    #[arg(long, default_value = "candle-eager")]
-    pub engine: EngineProfile,
-    #[command(flatten)]
-    pub train: TrainArgs,
-    /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
-    #[arg(long, default_value = "none")]
-    pub quant: crate::estimate::Quant,
-    /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
-    #[arg(long)]
-    pub kv_dtype: Option<crate::estimate::KvDtype>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct EstimateArgs {
+pub struct QueryArgs {
     /// A model directory holding config.json, the config.json itself, or a Hugging Face
     /// model id (`owner/name`: its config.json is fetched; HF_TOKEN for gated models).
     #[arg(long)]
@@ -232,18 +194,9 @@ pub struct EstimateArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 1)]
     pub batch: u64,
-    /// Prompt length in tokens [default: the model's max_position_embeddings minus the decode steps].
-    #[arg(long)]
-    pub context: Option<u64>,
     /// Tokens generated after the prompt.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = plan::DEFAULT_DECODE_STEPS)]
     pub decode_steps: u64,
-    /// Where the engine runs: candle's CPU matmul widens bf16 to f32, CUDA does not.
-    #[arg(long, default_value_t = DeviceChoice::Cuda)]
-    pub device: DeviceChoice,
-    /// Override max_position_embeddings (as `bench --max-position`; the rope tables grow).
-    #[arg(long)]
-    pub max_position: Option<u64>,
     /// A calibration.json written by `bench --device cuda`: its measured CUDA context and
     /// library sizes replace the defaults (an H100 with driver 580).
     #[arg(long)]
@@ -261,6 +214,57 @@ pub struct EstimateArgs {
     pub kv_dtype: Option<crate::estimate::KvDtype>,
     #[command(flatten)]
     pub train: TrainArgs,
+}
+
+impl QueryArgs {
+    /// The fit query for `spec` in `dtype` at `workload`.
+    pub fn fit_query<'a>(
+        &self,
+        spec: &'a crate::spec::ModelSpec,
+        dtype: DType,
+        workload: crate::estimate::Workload,
+        overheads: crate::estimate::cuda::CudaOverheads,
+    ) -> crate::estimate::fit::FitQuery<'a> {
+        crate::estimate::fit::FitQuery {
+            spec,
+            dtype,
+            engine: self.engine,
+            workload,
+            overheads,
+            quant: self.quant,
+            kv_dtype: self.kv_dtype,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FitArgs {
+    #[command(flatten)]
+    pub q: QueryArgs,
+    /// Only this GPU (an id from `vramprobe gpus`, or part of its name).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Prompt length [default: 4096, or the model's limit if smaller].
+    #[arg(long)]
+    pub context: Option<u64>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub q: QueryArgs,
+    /// Prompt length in tokens [default: the model's max_position_embeddings minus the decode steps].
+    #[arg(long)]
+    pub context: Option<u64>,
+    /// Where the engine runs: candle's CPU matmul widens bf16 to f32, CUDA does not.
+    #[arg(long, default_value_t = DeviceChoice::Cuda)]
+    pub device: DeviceChoice,
+    /// Override max_position_embeddings (as `bench --max-position`; the rope tables grow).
+    #[arg(long)]
+    pub max_position: Option<u64>,
     /// Add the fit over the GPU catalogue (as `vramprobe fit`).
     #[arg(long)]
     pub fit: bool,

@@ -4,7 +4,7 @@ use super::fit::fit_results;
 use super::{load_overheads, out, outln, print_assumed, EstimateArgs};
 use crate::estimate::candle_train::{self, LoraSetup, TrainPhase};
 use crate::estimate::cuda::{self as cuda_est, CudaOverheads, ProcessEstimate};
-use crate::estimate::fit::{FitQuery, GpuFit};
+use crate::estimate::fit::GpuFit;
 use crate::estimate::train::estimate_train;
 use crate::estimate::{self, Backend, EngineProfile, Estimate, Phase, Workload};
 use crate::model::ModelRef;
@@ -28,23 +28,24 @@ struct Answer<'a> {
 }
 
 pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
-    let (mut spec, _) = ModelRef::of(Some(&a.model)).load(a.revision.as_deref(), false, true)?;
+    let (mut spec, _) =
+        ModelRef::of(Some(&a.q.model)).load(a.q.revision.as_deref(), false, true)?;
     if let Some(m) = a.max_position {
         spec = spec.with_max_position(m)?;
     }
-    let dtype = a.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
+    let dtype = a.q.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
     let context = a.context.unwrap_or_else(|| {
         spec.max_position_embeddings
-            .saturating_sub(a.decode_steps)
+            .saturating_sub(a.q.decode_steps)
             .max(2)
     });
     let grid = Grid {
-        batches: vec![a.batch],
+        batches: vec![a.q.batch],
         contexts: vec![context],
-        decode_steps: a.decode_steps,
+        decode_steps: a.q.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
-    if a.train.mode == Mode::Train {
+    if a.q.train.mode == Mode::Train {
         // A training step has no decode steps: the context is the whole sequence.
         let w = Workload {
             context: a.context.unwrap_or(spec.max_position_embeddings),
@@ -56,8 +57,16 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         DeviceChoice::Cpu => Backend::Cpu,
         DeviceChoice::Cuda => Backend::Cuda,
     };
-    let e = estimate::estimate_quantized(&spec, dtype, a.engine, backend, w, a.quant, a.kv_dtype);
-    let (overheads, overheads_source) = load_overheads(a.calibration.as_deref())?;
+    let e = estimate::estimate_quantized(
+        &spec,
+        dtype,
+        a.q.engine,
+        backend,
+        w,
+        a.q.quant,
+        a.q.kv_dtype,
+    );
+    let (overheads, overheads_source) = load_overheads(a.q.calibration.as_deref())?;
     let process = (backend == Backend::Cuda).then(|| {
         (
             cuda_est::process(&e, Phase::Prefill, 0, &overheads),
@@ -65,16 +74,10 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         )
     });
     let fits = if a.fit {
-        let q = FitQuery {
-            spec: &spec,
-            dtype,
-            engine: a.engine,
-            workload: w,
-            overheads,
-            quant: a.quant,
-            kv_dtype: a.kv_dtype,
-        };
-        Some(fit_results(&q, None)?)
+        Some(fit_results(
+            &a.q.fit_query(&spec, dtype, w, overheads),
+            None,
+        )?)
     } else {
         None
     };
@@ -107,8 +110,8 @@ fn print_json(a: &EstimateArgs, r: &Answer<'_>) -> anyhow::Result<()> {
         "kv_cache_bytes_per_token": e.kv_cache_bytes_per_token,
         "engine": e.engine.as_str(),
         "mode": "inference",
-        "quant": a.quant,
-        "kv_dtype": a.kv_dtype,
+        "quant": a.q.quant,
+        "kv_dtype": a.q.kv_dtype,
         "device": e.backend.as_str(),
         "batch": w.batch,
         "context": w.context,
@@ -143,7 +146,7 @@ fn print_table(a: &EstimateArgs, r: &Answer<'_>) {
     out!("{}", report::estimate_table(&r.spec.name(), e));
     if let Some((p, d)) = &r.process {
         out!("{}", report::process_table(p, d, &r.overheads_source));
-        if a.engine != EngineProfile::CandleEager {
+        if a.q.engine != EngineProfile::CandleEager {
             outln!(
                 "(the process terms are candle's; PyTorch's caching allocator holds more: \
                  on the H100 at batch 1 x 8192, eager 48.3 GiB in NVML for 36.5 GiB allocated)"
@@ -162,7 +165,7 @@ fn print_table(a: &EstimateArgs, r: &Answer<'_>) {
     if let Some(fits) = &r.fits {
         out!(
             "\n{}",
-            report::fit_table(&r.spec.name(), e.dtype, a.engine, e.workload, fits)
+            report::fit_table(&r.spec.name(), e.dtype, a.q.engine, e.workload, fits)
         );
     }
 }
@@ -171,12 +174,12 @@ fn print_table(a: &EstimateArgs, r: &Answer<'_>) {
 type SimulatedPhase = (&'static str, u64, BTreeMap<String, u64>);
 
 fn run_train(a: &EstimateArgs, spec: &ModelSpec, dtype: DType, w: Workload) -> anyhow::Result<()> {
-    let setup = a.train.setup(a.quant)?;
-    let t = estimate_train(spec, dtype, a.engine, w.batch, w.context, &setup);
+    let setup = a.q.train.setup(a.q.quant)?;
+    let t = estimate_train(spec, dtype, a.q.engine, w.batch, w.context, &setup);
     let rule = crate::estimate::rule_of_thumb(spec.param_count());
     // candle-eager: the step `bench --mode train` runs (candle-nn's AdamW, moments in the
     // model dtype, no checkpointing), simulated phase by phase.
-    let candle = (a.engine == EngineProfile::CandleEager).then(|| {
+    let candle = (a.q.engine == EngineProfile::CandleEager).then(|| {
         let lora = setup.lora.as_ref().map(|l| LoraSetup {
             rank: l.rank,
             targets: l.targets.clone(),
@@ -198,7 +201,7 @@ fn run_train(a: &EstimateArgs, spec: &ModelSpec, dtype: DType, w: Workload) -> a
     if a.json {
         let v = json!({
             "model": spec.name(), "config": spec.source, "mode": "train", "dtype": dtype,
-            "engine": a.engine.as_str(), "batch": w.batch, "context": w.context,
+            "engine": a.q.engine.as_str(), "batch": w.batch, "context": w.context,
             "params": spec.param_count(), "setup": setup, "train": t,
             "weights_bytes": t.weights_bytes,
             "kv_cache_bytes_per_token": crate::estimate::kv_cache_bytes_per_token(spec, dtype),

@@ -55,30 +55,22 @@ fn print_fit(
 }
 
 pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
-    let (spec, _) = ModelRef::of(Some(&a.model)).load(a.revision.as_deref(), false, true)?;
-    let dtype = a.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
+    let (spec, _) = ModelRef::of(Some(&a.q.model)).load(a.q.revision.as_deref(), false, true)?;
+    let dtype = a.q.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
     let limit = spec
         .max_position_embeddings
-        .saturating_sub(a.decode_steps)
+        .saturating_sub(a.q.decode_steps)
         .max(2);
     let context = a.context.unwrap_or(4096.min(limit));
     let grid = Grid {
-        batches: vec![a.batch],
+        batches: vec![a.q.batch],
         contexts: vec![context],
-        decode_steps: a.decode_steps,
+        decode_steps: a.q.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
-    let (overheads, source) = load_overheads(a.calibration.as_deref())?;
-    let q = FitQuery {
-        spec: &spec,
-        dtype,
-        engine: a.engine,
-        workload: w,
-        overheads,
-        quant: a.quant,
-        kv_dtype: a.kv_dtype,
-    };
-    if a.train.mode == Mode::Train {
+    let (overheads, source) = load_overheads(a.q.calibration.as_deref())?;
+    let q = a.q.fit_query(&spec, dtype, w, overheads);
+    if a.q.train.mode == Mode::Train {
         // A training step has no decode steps: the context is the whole sequence.
         let q = FitQuery {
             workload: Workload { context, ..w },
@@ -89,7 +81,7 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
     let assumed = grid.assumptions(&spec);
     let fits = fit_results(&q, a.gpu.as_deref())?;
     let v = json!({
-        "model": spec.name(), "dtype": dtype, "engine": a.engine.as_str(), "mode": "inference",
+        "model": spec.name(), "dtype": dtype, "engine": a.q.engine.as_str(), "mode": "inference",
         "batch": w.batch, "context": w.context, "decode_steps": w.decode_steps,
         "overheads": overheads, "overheads_source": source, "assumed": assumed,
     });
@@ -103,7 +95,7 @@ fn run_train(a: &FitArgs, q: &FitQuery<'_>, source: &str) -> anyhow::Result<()> 
         engine: q.engine,
         batch: q.workload.batch,
         context: q.workload.context,
-        setup: a.train.setup(a.quant)?,
+        setup: a.q.train.setup(a.q.quant)?,
         overheads: q.overheads,
     };
     let fits: Vec<GpuFit> = select_gpus(a.gpu.as_deref())?

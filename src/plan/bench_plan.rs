@@ -4,6 +4,7 @@ use super::{DeviceChoice, Field, Grid, Mode, ModelRef, Need, PlanError, WeightsC
 use crate::estimate::candle_train::LoraSetup;
 use crate::estimate::train::Target;
 use crate::spec::DType;
+use serde::{Deserialize, Serialize};
 
 /// The element type a sweep runs in unless asked otherwise: f32, because candle's CPU
 /// matmul widens bf16 to f32 anyway.
@@ -20,21 +21,23 @@ pub const DEFAULT_BOUNDARY_STEP: u64 = 128;
 pub const DEFAULT_LORA_TARGETS: [Target; 2] = [Target::Q, Target::V];
 
 /// One sweep: everything that decides what is measured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialised, it is run.json's `settings` (so `bench --resume` measures the same way): the
+/// fields in this order, `mode` only for training, `lora` only when set, and the grid not
+/// at all (run.json keeps it beside the settings; [`crate::store::RunInfo::plan`] puts it
+/// back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BenchPlan {
     /// `--model` as given (a path or a Hub id); None: the built-in tiny Llama.
     pub model: Option<String>,
     /// Hub revision when `model` is a model id.
     pub revision: Option<String>,
     pub dtype: DType,
-    pub device: DeviceChoice,
-    pub mode: Mode,
-    /// LoRA adapters of a training sweep (None: every parameter is trained).
-    pub lora: Option<LoraSetup>,
-    pub grid: Grid,
+    /// `synthetic`, `download` or a directory.
     pub weights: WeightsChoice,
     /// Seed of the synthetic weights.
     pub seed: u64,
+    pub device: DeviceChoice,
     /// NVML sampler rate (CUDA only).
     pub nvml_hz: u32,
     /// After the grid, bisect per batch the largest context that fits, to this many tokens
@@ -44,6 +47,14 @@ pub struct BenchPlan {
     pub memory_limit: Option<u64>,
     /// Override of the model's max_position_embeddings.
     pub max_position: Option<u64>,
+    /// Absent in run.json for inference (as in runs made before training existed).
+    #[serde(default, skip_serializing_if = "Mode::is_inference")]
+    pub mode: Mode,
+    /// LoRA adapters of a training sweep (None: every parameter is trained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSetup>,
+    #[serde(skip, default = "Grid::stored_beside")]
+    pub grid: Grid,
 }
 
 impl Default for BenchPlan {

@@ -39,6 +39,16 @@ impl Grid {
         }
     }
 
+    /// No points: a plan read back from run.json's `settings`, until the grid stored beside
+    /// them is put in (see [`super::BenchPlan`]).
+    pub fn stored_beside() -> Grid {
+        Grid {
+            batches: Vec::new(),
+            contexts: Vec::new(),
+            decode_steps: DEFAULT_DECODE_STEPS,
+        }
+    }
+
     /// Points the grid plans: distinct batches x distinct contexts (one more or less
     /// where two contexts meet at the model's limit, see [`Grid::workloads`]).
     pub fn points(&self) -> u64 {

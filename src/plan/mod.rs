@@ -204,6 +204,10 @@ impl Mode {
         }
     }
 
+    pub fn is_inference(&self) -> bool {
+        *self == Mode::Inference
+    }
+
     /// Records stored per grid point: prefill and decode, or the four training phases.
     pub const fn phases_per_point(self) -> u64 {
         match self {

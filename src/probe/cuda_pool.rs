@@ -145,28 +145,6 @@ impl MemoryProbe for CudaPoolProbe {
     }
 }
 
-/// The pool's reservation (what it has taken from the driver) as a [`MemoryProbe`] named
-/// `cuda_pool_reserved`. Its peak is reset together with the pool's used peak.
-pub struct PoolReserved<'a>(pub &'a CudaPoolProbe);
-
-impl MemoryProbe for PoolReserved<'_> {
-    fn name(&self) -> &'static str {
-        "cuda_pool_reserved"
-    }
-
-    fn current_bytes(&self) -> u64 {
-        self.0.stats().reserved
-    }
-
-    fn peak_bytes(&self) -> u64 {
-        self.0.stats().reserved_high
-    }
-
-    fn reset_peak(&self) {
-        self.0.reset_peak();
-    }
-}
-
 /// Device memory taken outside the pool (`cuMemAlloc`) so that the process can use at most
 /// a chosen amount: `bench --memory-limit` measures as if on a smaller card. NVML counts it
 /// (the bench subtracts it); the pool does not.

@@ -57,27 +57,6 @@ impl MemoryProbe for CudaPoolProbe {
     }
 }
 
-/// The pool's reservation as a probe (see the real `cuda_pool`).
-pub struct PoolReserved<'a>(pub &'a CudaPoolProbe);
-
-impl MemoryProbe for PoolReserved<'_> {
-    fn name(&self) -> &'static str {
-        "cuda_pool_reserved"
-    }
-
-    fn current_bytes(&self) -> u64 {
-        self.0.stats().reserved
-    }
-
-    fn peak_bytes(&self) -> u64 {
-        self.0.stats().reserved_high
-    }
-
-    fn reset_peak(&self) {
-        self.0.reset_peak();
-    }
-}
-
 /// Device memory taken outside the pool (`bench --memory-limit`): never present here.
 pub struct Ballast(Infallible);
 

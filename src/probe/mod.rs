@@ -26,3 +26,25 @@ pub trait MemoryProbe: Send + Sync {
     /// Start a new high-water mark from the current value.
     fn reset_peak(&self);
 }
+
+/// The CUDA pool's reservation (what it has taken from the driver) as a [`MemoryProbe`]
+/// named `cuda_pool_reserved`. Its peak is reset together with the pool's used peak.
+pub struct PoolReserved<'a>(pub &'a cuda_pool::CudaPoolProbe);
+
+impl MemoryProbe for PoolReserved<'_> {
+    fn name(&self) -> &'static str {
+        "cuda_pool_reserved"
+    }
+
+    fn current_bytes(&self) -> u64 {
+        self.0.stats().reserved
+    }
+
+    fn peak_bytes(&self) -> u64 {
+        self.0.stats().reserved_high
+    }
+
+    fn reset_peak(&self) {
+        self.0.reset_peak();
+    }
+}

@@ -373,3 +373,52 @@ mod tests {
         assert!(error_ratio(5, 0).is_nan());
     }
 }
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::*;
+
+    /// run.json keeps its bytes: the committed H100 runs read back and written again are
+    /// the same files, `settings` (now the typed plan) included.
+    #[test]
+    fn committed_run_json_round_trips_byte_for_byte() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reports/gpu/2026-11-26-h100-80gb");
+        let mut seen_settings = 0;
+        for run in ["tiny-1gib-boundary", "llama3-8b-40gib-boundary"] {
+            let path = dir.join(run).join("run.json");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let info: RunInfo = serde_json::from_str(&text).unwrap();
+            seen_settings += usize::from(info.settings.is_some());
+            let mut again = serde_json::to_string_pretty(&info).unwrap();
+            again.push('\n');
+            assert_eq!(again, text, "{}", path.display());
+        }
+        assert!(seen_settings >= 1, "no committed run has settings to check");
+    }
+
+    /// The plan as `settings` in the fields and order run.json always had; training adds
+    /// `mode` and `lora`.
+    #[test]
+    fn settings_are_written_as_before() {
+        let plan = crate::plan::BenchPlan::default();
+        assert_eq!(
+            serde_json::to_string(&plan).unwrap(),
+            r#"{"model":null,"revision":null,"dtype":"f32","weights":"synthetic","seed":0,"device":"cpu","nvml_hz":50,"find_boundary":null,"memory_limit":null,"max_position":null}"#
+        );
+        let train = crate::plan::BenchPlan {
+            mode: crate::plan::Mode::Train,
+            lora: Some(crate::estimate::candle_train::LoraSetup {
+                rank: 8,
+                targets: crate::plan::DEFAULT_LORA_TARGETS.to_vec(),
+            }),
+            ..crate::plan::BenchPlan::default()
+        };
+        let text = serde_json::to_string(&train).unwrap();
+        assert!(
+            text.ends_with(
+                r#""max_position":null,"mode":"train","lora":{"rank":8,"targets":["q","v"]}}"#
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,7 +1,6 @@
 //! `run.json`: what ran, where, with which versions and settings.
 
-use crate::plan::{BenchPlan, DeviceChoice, Grid, Mode, PlanError, WeightsChoice};
-use crate::spec::DType;
+use crate::plan::{BenchPlan, Grid, PlanError};
 use serde::{Deserialize, Serialize};
 
 /// Where and with what a run was made.
@@ -74,7 +73,7 @@ pub struct RunInfo {
     pub gpu: Option<GpuRun>,
     /// The bench's options as given, so `bench --resume` can measure the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<BenchSettings>,
+    pub settings: Option<BenchPlan>,
     /// When the run was resumed, if it was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumed_at: Vec<String>,
@@ -93,51 +92,6 @@ pub struct TrainInfo {
     pub trainable_params: u64,
 }
 
-/// The [`BenchPlan`] as run.json stores it (`settings`; the grid is in [`RunInfo::grid`]),
-/// so `bench --resume` measures the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BenchSettings {
-    /// `--model` as given (a path or a Hub id), or None for the built-in model.
-    pub model: Option<String>,
-    pub revision: Option<String>,
-    pub dtype: DType,
-    /// `synthetic`, `download` or a directory.
-    pub weights: WeightsChoice,
-    pub seed: u64,
-    pub device: DeviceChoice,
-    pub nvml_hz: u32,
-    /// The boundary search's step, when it was asked for.
-    pub find_boundary: Option<u64>,
-    pub memory_limit: Option<u64>,
-    pub max_position: Option<u64>,
-    /// `train`, or absent for inference (as in runs made before training existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<Mode>,
-    /// `--lora-rank` and `--lora-targets` of a training run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lora: Option<crate::estimate::candle_train::LoraSetup>,
-}
-
-impl BenchSettings {
-    /// How `plan` is stored.
-    pub fn of(plan: &BenchPlan) -> Self {
-        BenchSettings {
-            model: plan.model.clone(),
-            revision: plan.revision.clone(),
-            dtype: plan.dtype,
-            weights: plan.weights.clone(),
-            seed: plan.seed,
-            device: plan.device,
-            nvml_hz: plan.nvml_hz,
-            find_boundary: plan.find_boundary,
-            memory_limit: plan.memory_limit,
-            max_position: plan.max_position,
-            mode: (plan.mode == Mode::Train).then_some(Mode::Train),
-            lora: plan.lora.clone(),
-        }
-    }
-}
-
 impl RunInfo {
     /// The plan this run was made with, checked again: None for a run.json written before
     /// settings were stored.
@@ -145,21 +99,9 @@ impl RunInfo {
     /// # Errors
     /// [`PlanError`] for settings no plan accepts (a hand-edited run.json).
     pub fn plan(&self) -> Option<Result<BenchPlan, PlanError>> {
-        let s = self.settings.as_ref()?;
         let plan = BenchPlan {
-            model: s.model.clone(),
-            revision: s.revision.clone(),
-            dtype: s.dtype,
-            device: s.device,
-            mode: s.mode.unwrap_or_default(),
-            lora: s.lora.clone(),
             grid: self.grid.clone(),
-            weights: s.weights.clone(),
-            seed: s.seed,
-            nvml_hz: s.nvml_hz,
-            find_boundary: s.find_boundary,
-            memory_limit: s.memory_limit,
-            max_position: s.max_position,
+            ..self.settings.clone()?
         };
         Some(plan.check().map(|()| plan))
     }
