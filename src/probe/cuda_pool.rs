@@ -10,7 +10,7 @@
 //! cannot shrink inside a phase; [`CudaPoolProbe::trim`] hands unused memory back between
 //! phases and points. Writing 0 to a `*_HIGH` attribute resets it to the current value.
 
-use crate::probe::MemoryProbe;
+use crate::probe::{MemoryProbe, PoolStats};
 use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaStream};
 use std::sync::Arc;
 
@@ -18,15 +18,6 @@ use std::sync::Arc;
 pub struct CudaPoolProbe {
     device: sys::CUdevice,
     stream: Arc<CudaStream>,
-}
-
-/// What the pool says at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PoolStats {
-    pub used: u64,
-    pub used_high: u64,
-    pub reserved: u64,
-    pub reserved_high: u64,
 }
 
 impl CudaPoolProbe {

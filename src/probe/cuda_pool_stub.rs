@@ -4,20 +4,11 @@
 //! own. Opening a CUDA device fails first, with "built without CUDA"
 //! (`runner::Accel::open`). The pattern is candle's `dummy_cuda_backend.rs`.
 
-use crate::probe::MemoryProbe;
+use crate::probe::{MemoryProbe, PoolStats};
 use std::convert::Infallible;
 
 /// The default pool of one device: never present in this build.
 pub struct CudaPoolProbe(Infallible);
-
-/// What the pool says at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PoolStats {
-    pub used: u64,
-    pub used_high: u64,
-    pub reserved: u64,
-    pub reserved_high: u64,
-}
 
 impl CudaPoolProbe {
     pub fn stats(&self) -> PoolStats {

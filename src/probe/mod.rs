@@ -27,6 +27,15 @@ pub trait MemoryProbe: Send + Sync {
     fn reset_peak(&self);
 }
 
+/// What the CUDA pool says at one moment (`cuda_pool::CudaPoolProbe::stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    pub used: u64,
+    pub used_high: u64,
+    pub reserved: u64,
+    pub reserved_high: u64,
+}
+
 /// The CUDA pool's reservation (what it has taken from the driver) as a [`MemoryProbe`]
 /// named `cuda_pool_reserved`. Its peak is reset together with the pool's used peak.
 pub struct PoolReserved<'a>(pub &'a cuda_pool::CudaPoolProbe);

@@ -6,16 +6,7 @@ use std::collections::BTreeSet;
 /// point within 2% (total and above the weights), written point by point.
 #[test]
 fn default_grid_is_within_two_percent() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--out",
-        path_str(&out),
-        "--max-error",
-        "0.02",
-        "--json",
-    ]);
+    let (_dir, out, o) = bench_run("--max-error 0.02 --json");
     ok(&o);
     let printed: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     let stored = read_points(&out);
@@ -91,19 +82,7 @@ fn default_grid_is_within_two_percent() {
 /// naming the points, while keeping what it measured.
 #[test]
 fn drift_beyond_tolerance_fails_the_bench() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--batch",
-        "1",
-        "--context",
-        "64",
-        "--out",
-        path_str(&out),
-        "--max-error",
-        "0.000001",
-    ]);
+    let (_dir, out, o) = bench_run("--batch 1 --context 64 --max-error 0.000001");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("exceed --max-error"), "{err}");
@@ -113,21 +92,7 @@ fn drift_beyond_tolerance_fails_the_bench() {
 
 #[test]
 fn bf16_on_cpu_is_within_two_percent() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--dtype",
-        "bf16",
-        "--batch",
-        "1,3",
-        "--context",
-        "96,700",
-        "--out",
-        path_str(&out),
-        "--max-error",
-        "0.02",
-    ]);
+    let (_dir, out, o) = bench_run("--dtype bf16 --batch 1,3 --context 96,700 --max-error 0.02");
     ok(&o);
     let points = read_points(&out);
     assert_eq!(points.len(), 8);
@@ -162,19 +127,11 @@ fn local_safetensors_load_and_bad_shapes_are_named() {
         .collect();
     candle_core::safetensors::save(&tensors, weights.join("model.safetensors")).unwrap();
     let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--weights",
+    let o = vp(&format!(
+        "bench --weights {} --batch 2 --context 128 --out {} --max-error 0.02",
         path_str(&weights),
-        "--batch",
-        "2",
-        "--context",
-        "128",
-        "--out",
-        path_str(&out),
-        "--max-error",
-        "0.02",
-    ]);
+        path_str(&out)
+    ));
     ok(&o);
     let info = std::fs::read_to_string(out.join("run.json")).unwrap();
     assert!(info.contains("\"weights\": \"local "), "{info}");
@@ -186,13 +143,11 @@ fn local_safetensors_load_and_bad_shapes_are_named() {
         Tensor::ones((768, 255), candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&bad, weights.join("model.safetensors")).unwrap();
-    let o = vramprobe(&[
-        "bench",
-        "--weights",
+    let o = vp(&format!(
+        "bench --weights {} --out {}",
         path_str(&weights),
-        "--out",
-        path_str(&dir.path().join("run2")),
-    ]);
+        path_str(&dir.path().join("run2"))
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -219,13 +174,11 @@ fn local_safetensors_load_and_bad_shapes_are_named() {
     ];
     for (what, bytes, says) in cases {
         std::fs::write(weights.join("model.safetensors"), &bytes).unwrap();
-        let o = vramprobe(&[
-            "bench",
-            "--weights",
+        let o = vp(&format!(
+            "bench --weights {} --out {}",
             path_str(&weights),
-            "--out",
-            path_str(&dir.path().join(format!("run-{}", what.replace(' ', "-")))),
-        ]);
+            path_str(&dir.path().join(format!("run-{}", what.replace(' ', "-"))))
+        ));
         assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
         let err = stderr(&o);
         assert!(
@@ -236,13 +189,11 @@ fn local_safetensors_load_and_bad_shapes_are_named() {
 
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let o = vramprobe(&[
-        "bench",
-        "--weights",
+    let o = vp(&format!(
+        "bench --weights {} --out {}",
         path_str(&empty),
-        "--out",
-        path_str(&dir.path().join("run3")),
-    ]);
+        path_str(&dir.path().join("run3"))
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("no .safetensors files"),
@@ -276,26 +227,16 @@ fn bad_grids_exit_2_before_measuring() {
         );
     }
     // An existing run is never appended to or overwritten.
-    let o = vramprobe(&[
-        "bench",
-        "--batch",
-        "1",
-        "--context",
-        "32",
-        "--out",
-        path_str(&out),
-    ]);
+    let o = vp(&format!(
+        "bench --batch 1 --context 32 --out {}",
+        path_str(&out)
+    ));
     ok(&o);
     let before = std::fs::read_to_string(out.join("points.jsonl")).unwrap();
-    let o = vramprobe(&[
-        "bench",
-        "--batch",
-        "1",
-        "--context",
-        "32",
-        "--out",
-        path_str(&out),
-    ]);
+    let o = vp(&format!(
+        "bench --batch 1 --context 32 --out {}",
+        path_str(&out)
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("already holds a run"), "{}", stderr(&o));
     assert_eq!(
@@ -327,7 +268,7 @@ fn gpu_only_options_fail_clearly_on_a_cpu_build() {
     }
     if !cfg!(feature = "cuda") {
         let out = dir.path().join("cuda");
-        let o = vramprobe(&["bench", "--device", "cuda", "--out", path_str(&out)]);
+        let o = vp(&format!("bench --device cuda --out {}", path_str(&out)));
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("built without CUDA"), "{}", stderr(&o));
     }
@@ -430,7 +371,10 @@ fn killed_sweep_resumes_without_losing_or_repeating_points() {
     std::io::Write::write_all(&mut f, b"{\"model\":\"vramprobe-tiny-ll").unwrap();
     drop(f);
 
-    let o = vramprobe(&["bench", "--resume", path_str(&out), "--max-error", "0.02"]);
+    let o = vp(&format!(
+        "bench --resume {} --max-error 0.02",
+        path_str(&out)
+    ));
     ok(&o);
     assert_complete_grid(&out);
     let after = lines_of(&out);
@@ -444,11 +388,11 @@ fn killed_sweep_resumes_without_losing_or_repeating_points() {
     assert_eq!(info["resumed_at"].as_array().unwrap().len(), 1);
 
     // Resuming a complete run measures nothing.
-    let o = vramprobe(&["bench", "--resume", path_str(&out)]);
+    let o = vp(&format!("bench --resume {}", path_str(&out)));
     ok(&o);
     assert_eq!(lines_of(&out), after);
     // Not a run directory: bad input.
-    let o = vramprobe(&["bench", "--resume", path_str(dir.path())]);
+    let o = vp(&format!("bench --resume {}", path_str(dir.path())));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
@@ -474,7 +418,7 @@ fn sigint_stops_after_the_current_point() {
     for l in &lines {
         serde_json::from_str::<Value>(l).unwrap();
     }
-    let o = vramprobe(&["bench", "--resume", path_str(&out)]);
+    let o = vp(&format!("bench --resume {}", path_str(&out)));
     ok(&o);
     assert_complete_grid(&out);
 }
@@ -487,7 +431,7 @@ fn unwritable_output_is_found_before_measuring() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
     for out in [file.join("run"), PathBuf::from("/proc/vramprobe-run")] {
-        let o = vramprobe(&["bench", "--out", path_str(&out)]);
+        let o = vp(&format!("bench --out {}", path_str(&out)));
         assert_ne!(o.status.code(), Some(0));
         let err = stderr(&o);
         assert!(err.contains(path_str(&out)), "{err}");
@@ -531,17 +475,10 @@ fn the_sweep_shows_progress_on_a_terminal_only() {
     assert!(!quiet.contains("points,"), "{quiet}");
     assert!(quiet.contains("largest |error|"), "{quiet}");
     // No terminal: no bar either.
-    let o = vramprobe(&[
-        "bench",
-        "--batch",
-        "1",
-        "--context",
-        "64",
-        "--decode-steps",
-        "2",
-        "--out",
-        path_str(&dir.path().join("pipe")),
-    ]);
+    let o = vp(&format!(
+        "bench --batch 1 --context 64 --decode-steps 2 --out {}",
+        path_str(&dir.path().join("pipe"))
+    ));
     ok(&o);
     assert!(!stderr(&o).contains("points,"), "{}", stderr(&o));
 }

@@ -3,12 +3,7 @@ use serde_json::Value;
 
 #[test]
 fn llama3_8b_json_gives_the_three_numbers() {
-    let o = vramprobe(&[
-        "estimate",
-        "--model",
-        "models/meta-llama-3-8b-instruct",
-        "--json",
-    ]);
+    let o = vp("estimate --model models/meta-llama-3-8b-instruct --json");
     ok(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["params"], 8_030_261_248u64);
@@ -29,18 +24,7 @@ fn llama3_8b_json_gives_the_three_numbers() {
 
 #[test]
 fn explicit_workload_and_config_file_path() {
-    let o = vramprobe(&[
-        "estimate",
-        "--model",
-        "models/meta-llama-3-8b-instruct/config.json",
-        "--dtype",
-        "f32",
-        "--batch",
-        "4",
-        "--context",
-        "1024",
-        "--json",
-    ]);
+    let o = vp("estimate --model models/meta-llama-3-8b-instruct/config.json --dtype f32 --batch 4 --context 1024 --json");
     ok(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["weights_bytes"], 8_030_261_248u64 * 4);
@@ -54,7 +38,7 @@ fn explicit_workload_and_config_file_path() {
 
 #[test]
 fn table_labels_units() {
-    let o = vramprobe(&["estimate", "--model", "models/meta-llama-3-8b-instruct"]);
+    let o = vp("estimate --model models/meta-llama-3-8b-instruct");
     ok(&o);
     let out = stdout(&o);
     assert!(out.contains("8,030,261,248"), "{out}");
@@ -93,7 +77,7 @@ fn bad_config_names_file_and_field_exit_2() {
     ];
     for (text, expected) in cases {
         std::fs::write(&cfg, &text).unwrap();
-        let o = vramprobe(&["estimate", "--model", path_str(dir.path())]);
+        let o = vp(&format!("estimate --model {}", path_str(dir.path())));
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         let err = stderr(&o);
         assert!(err.contains(path_str(&cfg)), "{err}");
@@ -104,7 +88,7 @@ fn bad_config_names_file_and_field_exit_2() {
 
 #[test]
 fn missing_model_is_a_clear_error() {
-    let o = vramprobe(&["estimate", "--model", "models/no-such-model"]);
+    let o = vp("estimate --model models/no-such-model");
     assert_ne!(o.status.code(), Some(0));
     let err = stderr(&o);
     assert!(err.contains("models/no-such-model/config.json"), "{err}");
@@ -115,18 +99,7 @@ fn missing_model_is_a_clear_error() {
 #[test]
 fn calibration_from_a_gpu_run_predicts_its_nvml_figure() {
     let run = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-grid";
-    let o = vramprobe(&[
-        "estimate",
-        "--model",
-        "models/meta-llama-3-8b-instruct",
-        "--batch",
-        "2",
-        "--context",
-        "4096",
-        "--calibration",
-        &format!("{run}/calibration.json"),
-        "--json",
-    ]);
+    let o = vp(&format!("estimate --model models/meta-llama-3-8b-instruct --batch 2 --context 4096 --calibration {} --json", &format!("{run}/calibration.json")));
     ok(&o);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let predicted = v["process"]["prefill"]["total_bytes"].as_u64().unwrap() as f64;
@@ -145,13 +118,10 @@ fn calibration_from_a_gpu_run_predicts_its_nvml_figure() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("calibration.json");
     std::fs::write(&bad, r#"{"overheads": {"context_bytes": "lots"}}"#).unwrap();
-    let o = vramprobe(&[
-        "estimate",
-        "--model",
-        "models/meta-llama-3-8b-instruct",
-        "--calibration",
-        path_str(&bad),
-    ]);
+    let o = vp(&format!(
+        "estimate --model models/meta-llama-3-8b-instruct --calibration {}",
+        path_str(&bad)
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
@@ -163,7 +133,7 @@ fn calibration_from_a_gpu_run_predicts_its_nvml_figure() {
 /// `vramprobe gpus --json`: every GPU with NVML's memory, compute capability and bf16.
 #[test]
 fn gpu_catalogue_as_json() {
-    let o = vramprobe(&["gpus", "--json"]);
+    let o = vp("gpus --json");
     ok(&o);
     let v: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v.len() >= 16);
@@ -210,22 +180,10 @@ fn fit_over_the_catalogue() {
     assert_eq!(rule, 70_553_706_496 * 2 + 2_000_000_000);
     assert_eq!(e["weights_only_bytes"], 141_107_412_992u64);
 
-    let o = vramprobe(&[
-        "fit",
-        "--model",
-        "models/meta-llama-3-8b-instruct",
-        "--gpu",
-        "a100",
-    ]);
+    let o = vp("fit --model models/meta-llama-3-8b-instruct --gpu a100");
     assert_eq!(o.status.code(), Some(2), "ambiguous GPU: {}", stderr(&o));
     assert!(stderr(&o).contains("a100-40gb"), "{}", stderr(&o));
-    let o = vramprobe(&[
-        "fit",
-        "--model",
-        "models/meta-llama-3-8b-instruct",
-        "--gpu",
-        "4090",
-    ]);
+    let o = vp("fit --model models/meta-llama-3-8b-instruct --gpu 4090");
     ok(&o);
     assert!(stdout(&o).contains("rtx4090"), "{}", stdout(&o));
 }
@@ -236,16 +194,10 @@ fn fit_over_the_catalogue() {
 #[test]
 fn engines_differ_where_attention_does() {
     let total = |engine: &str| {
-        let o = vramprobe(&[
-            "estimate",
-            "--model",
-            "models/meta-llama-3-8b-instruct",
-            "--context",
-            "8184",
-            "--engine",
-            engine,
-            "--json",
-        ]);
+        let o = vp(&format!(
+            "estimate --model models/meta-llama-3-8b-instruct --context 8184 --engine {} --json",
+            engine
+        ));
         ok(&o);
         let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
         (
@@ -269,13 +221,7 @@ fn engines_differ_where_attention_does() {
     assert!(candle > hf && hf > flash, "{candle} {hf} {flash}");
     // A fused kernel needs only weights, cache and small activations: under 18.5 GB here.
     assert!(flash < 18_500_000_000, "{flash}");
-    let o = vramprobe(&[
-        "estimate",
-        "--model",
-        "models/meta-llama-3-8b-instruct",
-        "--engine",
-        "vllm",
-    ]);
+    let o = vp("estimate --model models/meta-llama-3-8b-instruct --engine vllm");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("candle-eager, transformers-eager, transformers-sdpa"),
@@ -287,28 +233,11 @@ fn engines_differ_where_attention_does() {
 /// `--quant` and `--kv-dtype` on the command line: 70B in int4 fits one H100.
 #[test]
 fn quantization_flags() {
-    let o = vramprobe(&[
-        "fit",
-        "--model",
-        "models/meta-llama-3-70b-instruct",
-        "--quant",
-        "int4",
-        "--kv-dtype",
-        "fp8",
-        "--gpu",
-        "h100-sxm",
-        "--json",
-    ]);
+    let o = vp("fit --model models/meta-llama-3-70b-instruct --quant int4 --kv-dtype fp8 --gpu h100-sxm --json");
     ok(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["fit"][0]["fits"], true);
-    let o = vramprobe(&[
-        "estimate",
-        "--model",
-        "models/meta-llama-3-70b-instruct",
-        "--quant",
-        "int3",
-    ]);
+    let o = vp("estimate --model models/meta-llama-3-70b-instruct --quant int3");
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("none, int8, int4"), "{}", stderr(&o));
 }
@@ -384,18 +313,7 @@ fn training_estimates() {
 /// single 80 GB card, one H200 or B200, and two H100s with ZeRO-3.
 #[test]
 fn fit_a_training_step() {
-    let o = vramprobe(&[
-        "fit",
-        "--model",
-        "models/meta-llama-3-8b-instruct",
-        "--mode",
-        "train",
-        "--context",
-        "2048",
-        "--engine",
-        "flash",
-        "--json",
-    ]);
+    let o = vp("fit --model models/meta-llama-3-8b-instruct --mode train --context 2048 --engine flash --json");
     ok(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["mode"], "train");
@@ -414,7 +332,7 @@ fn fit_a_training_step() {
 #[test]
 fn a_context_at_the_models_limit_is_answered() {
     let model = "models/meta-llama-3-8b-instruct";
-    let o = vramprobe(&["estimate", "--model", model, "--context", "8192", "--json"]);
+    let o = vp(&format!("estimate --model {} --context 8192 --json", model));
     ok(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["context"], 8184);
@@ -425,19 +343,19 @@ fn a_context_at_the_models_limit_is_answered() {
         said.contains("a prompt of 8184 tokens, then 8 decode steps"),
         "{said}"
     );
-    let o = vramprobe(&["estimate", "--model", model, "--context", "8192"]);
+    let o = vp(&format!("estimate --model {} --context 8192", model));
     ok(&o);
     assert!(
         stdout(&o).starts_with("assumed: context 8192:"),
         "{}",
         stdout(&o)
     );
-    let o = vramprobe(&["fit", "--model", model, "--context", "8192", "--json"]);
+    let o = vp(&format!("fit --model {} --context 8192 --json", model));
     ok(&o);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["context"], 8184);
     assert!(v["assumed"][0].as_str().unwrap().contains("8192"));
-    let o = vramprobe(&["estimate", "--model", model, "--context", "8193"]);
+    let o = vp(&format!("estimate --model {} --context 8193", model));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("max_position_embeddings 8192"),
@@ -445,7 +363,7 @@ fn a_context_at_the_models_limit_is_answered() {
         stderr(&o)
     );
     // A context that fits with its decode steps is taken as given, with nothing assumed.
-    let o = vramprobe(&["estimate", "--model", model, "--context", "4096", "--json"]);
+    let o = vp(&format!("estimate --model {} --context 4096 --json", model));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["context"], 4096);
     assert_eq!(v["assumed"], serde_json::json!([]));

@@ -132,20 +132,7 @@ fn a_cpu_bench_report_renders_in_chromium() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--batch",
-        "1,2",
-        "--context",
-        "64,128",
-        "--decode-steps",
-        "2",
-        "--quiet",
-        "--out",
-        path_str(&out),
-    ]);
+    let (_dir, out, o) = bench_run("--batch 1,2 --context 64,128 --decode-steps 2 --quiet");
     ok(&o);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
@@ -181,10 +168,10 @@ fn a_gpu_boundary_report_renders_in_chromium() {
         return;
     }
     let run = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-40gib-boundary";
-    let o = vramprobe(&["report", run, "--format", "html"]);
+    let o = vp(&format!("report {} --format html", run));
     ok(&o);
     let html = stdout(&o);
-    let o = vramprobe(&["report", run, "--format", "json"]);
+    let o = vp(&format!("report {} --format json", run));
     ok(&o);
     let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let seen = assert_renders(
@@ -214,12 +201,7 @@ fn the_browser_check_sees_a_page_that_tries_to_fetch() {
     }
     // The same page with one image added: the CSP blocks it and the check reports it, so
     // an empty list above means nothing was tried.
-    let o = vramprobe(&[
-        "report",
-        "reports/gpu/2026-11-26-h100-80gb/tiny-bf16",
-        "--format",
-        "html",
-    ]);
+    let o = vp("report reports/gpu/2026-11-26-h100-80gb/tiny-bf16 --format html");
     ok(&o);
     let html = stdout(&o).replacen(
         "</h1>",
@@ -240,20 +222,7 @@ fn a_training_report_renders_in_chromium() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--mode",
-        "train",
-        "--batch",
-        "1,2",
-        "--context",
-        "64,128",
-        "--out",
-        path_str(&out),
-        "--quiet",
-    ]);
+    let (_dir, out, o) = bench_run("--mode train --batch 1,2 --context 64,128 --quiet");
     ok(&o);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     let report: Value =

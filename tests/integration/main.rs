@@ -30,6 +30,13 @@ pub fn vramprobe(args: &[&str]) -> Output {
         .expect("run vramprobe")
 }
 
+/// Run the vramprobe binary with a command line split at white space (the tests' paths have
+/// none): `vp(&format!("bench --out {}", path_str(&out)))`.
+pub fn vp(command_line: &str) -> Output {
+    let args: Vec<&str> = command_line.split_whitespace().collect();
+    vramprobe(&args)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -90,4 +97,13 @@ pub fn have_tool(tool: &str, package: &str, test: &str) -> bool {
         "skipped: {test}: needs `{tool}` (Debian package {package}; scripts/test.sh installs it)"
     );
     false
+}
+
+/// `vramprobe bench ARGS --out RUN` into a fresh temporary directory (kept as long as the
+/// returned `TempDir`): the directory, the run directory and the output.
+pub fn bench_run(args: &str) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = vp(&format!("bench {args} --out {}", path_str(&out)));
+    (dir, out, o)
 }

@@ -32,7 +32,7 @@ fn reports_of_committed_runs_match_their_golden_files() {
         &["report", run, "--format", "json"],
         "llama3-8b-40gib-boundary.report.json",
     );
-    let o = vramprobe(&["report", "models"]);
+    let o = vp("report models");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
@@ -44,7 +44,7 @@ fn compare_shows_what_changed_between_two_runs() {
         &["report", "--compare", a, b],
         "llama3-8b-grid-vs-40gib-boundary.compare.md",
     );
-    let o = vramprobe(&["report", "--compare", a, b, "--format", "json"]);
+    let o = vp(&format!("report --compare {} {} --format json", a, b));
     ok(&o);
     let c: Value = serde_json::from_str(&stdout(&o)).unwrap();
     // What differs: the memory limit; what does not: the GPU.
@@ -91,35 +91,23 @@ fn compare_shows_what_changed_between_two_runs() {
         c["only_a"]
     );
     // A run against itself: nothing changed.
-    let o = vramprobe(&["report", "--compare", a, a]);
+    let o = vp(&format!("report --compare {} {}", a, a));
     ok(&o);
     assert!(stdout(&o).contains("The two runs were made the same way."));
     assert!(stdout(&o).contains("Largest change of the measured peak: +0.00%"));
     // Bad input: not a run directory, html for a comparison, a single run.
-    let o = vramprobe(&["report", "--compare", a, "models"]);
+    let o = vp(&format!("report --compare {} models", a));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("models: no run.json there"));
-    let o = vramprobe(&["report", "--compare", a, b, "--format", "html"]);
+    let o = vp(&format!("report --compare {} {} --format html", a, b));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let o = vramprobe(&["report", "--compare", a]);
+    let o = vp(&format!("report --compare {}", a));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]
 fn bench_writes_its_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--batch",
-        "1,2",
-        "--context",
-        "64,128",
-        "--decode-steps",
-        "2",
-        "--out",
-        path_str(&out),
-    ]);
+    let (_dir, out, o) = bench_run("--batch 1,2 --context 64,128 --decode-steps 2");
     ok(&o);
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
@@ -150,7 +138,7 @@ fn bench_writes_its_report() {
         assert!(out.join(f).is_file(), "bench left no {f}");
     }
     // Re-rendering gives the same bytes.
-    let o = vramprobe(&["report", path_str(&out)]);
+    let o = vp(&format!("report {}", path_str(&out)));
     ok(&o);
     assert_eq!(stdout(&o), md);
 }

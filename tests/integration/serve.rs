@@ -153,6 +153,26 @@ fn line_value(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A daemon over a runs directory holding the committed H100 runs, with a FAKE NVML GPU
+/// using 17 GB, polled every 200 ms; `extra` flags added.
+fn h100_daemon(dir: &Path, extra: &[&str]) -> Daemon {
+    let runs = runs_with_h100(dir);
+    let fake = dir.join("nvml.json");
+    std::fs::write(&fake, fake_gpu(17_000_000_000)).unwrap();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--runs-dir",
+        path_str(&runs),
+        "--fake-nvml",
+        path_str(&fake),
+        "--poll-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
+}
+
 fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     let mut child = Command::new("promtool")
         .args(args)
@@ -173,20 +193,7 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
 #[test]
 fn serve_answers_metrics_health_and_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let runs = runs_with_h100(dir.path());
-    let fake = dir.path().join("nvml.json");
-    std::fs::write(&fake, fake_gpu(17_000_000_000)).unwrap();
-    let d = Daemon::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--runs-dir",
-        path_str(&runs),
-        "--fake-nvml",
-        path_str(&fake),
-        "--poll-interval",
-        "200ms",
-        "--per-process",
-    ]);
+    let d = h100_daemon(dir.path(), &["--per-process"]);
     d.wait_for(10, "NVML up", |d| {
         d.metrics().contains("vramprobe_nvml_up 1")
     });
@@ -367,17 +374,10 @@ fn nvml_failing_after_start_reads_zero_and_recovers_without_restart() {
 fn without_nvml_the_daemon_serves_the_cpu_results() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let o = vramprobe(&[
-        "bench",
-        "--batch",
-        "1",
-        "--context",
-        "64",
-        "--decode-steps",
-        "2",
-        "--out",
-        path_str(&runs.join("cpu")),
-    ]);
+    let o = vp(&format!(
+        "bench --batch 1 --context 64 --decode-steps 2 --out {}",
+        path_str(&runs.join("cpu"))
+    ));
     ok(&o);
     let d = Daemon::start(&["--listen", "127.0.0.1:0", "--runs-dir", path_str(&runs)]);
     d.wait_for(10, "the CPU run", |d| {
@@ -477,16 +477,13 @@ fn sweeps_run_one_at_a_time_and_reach_the_metrics() {
 fn beyond_loopback_a_token_is_required_and_never_shown() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let o = vramprobe(&[
-        "serve",
-        "--listen",
-        "0.0.0.0:0",
-        "--runs-dir",
-        path_str(&runs),
-    ]);
+    let o = vp(&format!(
+        "serve --listen 0.0.0.0:0 --runs-dir {}",
+        path_str(&runs)
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("VRAMPROBE_TOKEN"), "{}", stderr(&o));
-    let o = vramprobe(&["serve", "--listen", "127.0.0.1:0", "--token", "short"]);
+    let o = vp("serve --listen 127.0.0.1:0 --token short");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
     let token = "vp-test-token-5f2b9c81d0e4";
@@ -528,7 +525,7 @@ fn beyond_loopback_a_token_is_required_and_never_shown() {
     for f in walk(&runs) {
         seen += &String::from_utf8_lossy(&std::fs::read(f).unwrap());
     }
-    let help = vramprobe(&["serve", "--help"]);
+    let help = vp("serve --help");
     seen += &stdout(&help);
     assert!(!seen.contains(token), "the token leaked");
     assert!(seen.contains("vramprobe_nvml_up"));
@@ -586,7 +583,10 @@ fn sigterm_during_a_sweep_keeps_every_stored_point() {
     // Stopped early, after a whole point (both phases).
     assert!((2..24).contains(&n) && n % 2 == 0, "{n} points");
     // The sweep is resumable where it stopped.
-    let o = vramprobe(&["bench", "--resume", path_str(&runs.join(&id)), "--quiet"]);
+    let o = vp(&format!(
+        "bench --resume {} --quiet",
+        path_str(&runs.join(&id))
+    ));
     ok(&o);
     let after = std::fs::read_to_string(runs.join(&id).join("points.jsonl")).unwrap();
     assert_eq!(after.lines().count(), 24);
@@ -691,19 +691,7 @@ fn a_real_prometheus_scrapes_the_daemon() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let runs = runs_with_h100(dir.path());
-    let fake = dir.path().join("nvml.json");
-    std::fs::write(&fake, fake_gpu(17_000_000_000)).unwrap();
-    let d = Daemon::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--runs-dir",
-        path_str(&runs),
-        "--fake-nvml",
-        path_str(&fake),
-        "--poll-interval",
-        "200ms",
-    ]);
+    let d = h100_daemon(dir.path(), &[]);
     let config = dir.path().join("prometheus.yml");
     std::fs::copy(
         root().join("deploy/prometheus/alerts.yml"),

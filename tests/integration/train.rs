@@ -19,18 +19,7 @@ const PHASES: [&str; 4] = [
 /// at 5% by `--max-error` and by reading the records back), a full fine-tune.
 #[test]
 fn train_default_grid_is_within_five_percent() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--mode",
-        "train",
-        "--out",
-        path_str(&out),
-        "--max-error",
-        "0.05",
-        "--json",
-    ]);
+    let (_dir, out, o) = bench_run("--mode train --max-error 0.05 --json");
     ok(&o);
     let stored = read_points(&out);
     let printed: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
@@ -108,20 +97,7 @@ fn train_default_grid_is_within_five_percent() {
     assert_eq!(opt.len(), 1, "{opt:?}");
 
     // `estimate --mode train` (engine candle-eager) predicts the same phases, byte for byte.
-    let o = vramprobe(&[
-        "estimate",
-        "--model",
-        "models/vramprobe-tiny-llama",
-        "--mode",
-        "train",
-        "--device",
-        "cpu",
-        "--batch",
-        "2",
-        "--context",
-        "256",
-        "--json",
-    ]);
+    let o = vp("estimate --model models/vramprobe-tiny-llama --mode train --device cpu --batch 2 --context 256 --json");
     ok(&o);
     let e: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let step = &e["candle_eager_step"];
@@ -154,26 +130,7 @@ fn train_default_grid_is_within_five_percent() {
 /// (256 + 64)) parameters); no moments for the frozen weights.
 #[test]
 fn train_lora_is_within_five_percent_and_trains_only_the_adapters() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let o = vramprobe(&[
-        "bench",
-        "--mode",
-        "train",
-        "--lora-rank",
-        "8",
-        "--lora-targets",
-        "q,v",
-        "--batch",
-        "1",
-        "--context",
-        "128,256",
-        "--out",
-        path_str(&out),
-        "--max-error",
-        "0.05",
-        "--json",
-    ]);
+    let (_dir, out, o) = bench_run("--mode train --lora-rank 8 --lora-targets q,v --batch 1 --context 128,256 --max-error 0.05 --json");
     ok(&o);
     let info = read_json(&out.join("run.json"));
     assert_eq!(info["train"]["trainable_params"], 4 * 8 * (512 + 320));
@@ -188,7 +145,7 @@ fn train_lora_is_within_five_percent_and_trains_only_the_adapters() {
         assert_eq!(states, Some(2 * 4 * 6_656 * 4), "{p}");
     }
     // --resume of a finished LoRA run measures nothing more and keeps the LoRA setup.
-    let o = vramprobe(&["bench", "--resume", path_str(&out), "--json"]);
+    let o = vp(&format!("bench --resume {} --json", path_str(&out)));
     ok(&o);
     assert_eq!(read_points(&out).len(), 2 * 4);
     assert_eq!(read_json(&out.join("run.json"))["train"]["lora"]["rank"], 8);
@@ -198,36 +155,21 @@ fn train_lora_is_within_five_percent_and_trains_only_the_adapters() {
 #[test]
 fn train_flags_are_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let o = vramprobe(&[
-        "bench",
-        "--lora-rank",
-        "8",
-        "--out",
-        path_str(&dir.path().join("a")),
-    ]);
+    let o = vp(&format!(
+        "bench --lora-rank 8 --out {}",
+        path_str(&dir.path().join("a"))
+    ));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--lora-rank needs --mode train"));
-    let o = vramprobe(&[
-        "bench",
-        "--mode",
-        "train",
-        "--lora-rank",
-        "0",
-        "--out",
-        path_str(&dir.path().join("b")),
-    ]);
+    let o = vp(&format!(
+        "bench --mode train --lora-rank 0 --out {}",
+        path_str(&dir.path().join("b"))
+    ));
     assert_eq!(o.status.code(), Some(2));
-    let o = vramprobe(&[
-        "bench",
-        "--mode",
-        "train",
-        "--lora-targets",
-        "q,nope",
-        "--lora-rank",
-        "4",
-        "--out",
-        path_str(&dir.path().join("c")),
-    ]);
+    let o = vp(&format!(
+        "bench --mode train --lora-targets q,nope --lora-rank 4 --out {}",
+        path_str(&dir.path().join("c"))
+    ));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
 }
