@@ -11,7 +11,7 @@ use crate::estimate::cuda::CudaOverheads;
 use crate::estimate::{Backend, Workload};
 use crate::probe::cuda_pool::{Ballast, CudaPoolProbe};
 use crate::probe::nvml::{Gpu, Sampler};
-use crate::probe::{MemoryProbe, PoolReserved};
+use crate::probe::{MemoryProbe, PoolReserved, PoolStats};
 use crate::runner::{Accel, DeviceKind, RunError};
 use crate::store::{GpuRun, PointRecord, RunDir, RunInfo, StoreError};
 use std::collections::BTreeSet;
@@ -45,6 +45,50 @@ impl BeforeContext {
                 .map(|l| l.into_iter().map(|(p, _)| p).collect())
                 .unwrap_or_default(),
             gpu,
+        }
+    }
+}
+
+/// The process as NVML saw it after each step of the set-up, and the pool after warm-up.
+struct Measured {
+    after_context: u64,
+    after_weights: u64,
+    after_warmup: u64,
+    pool: PoolStats,
+    ballast_bytes: u64,
+}
+
+impl Measured {
+    /// run.json's `gpu`: the device and these baselines (NVML's samples counted at the end).
+    fn gpu_run(&self, before: &BeforeContext, sweep: &Sweep, weights_bytes: u64) -> GpuRun {
+        GpuRun {
+            info: before.info.clone(),
+            pid_match: None,
+            nvml_hz: sweep.plan.nvml_hz,
+            nvml_samples: 0,
+            device_used_before_context_bytes: before.memory.map_or(0, |m| m.used),
+            device_free_before_context_bytes: before.memory.map_or(0, |m| m.free),
+            process_after_context_bytes: self.after_context,
+            process_after_weights_bytes: self.after_weights,
+            process_after_warmup_bytes: self.after_warmup,
+            pool_used_after_warmup_bytes: self.pool.used,
+            pool_reserved_after_warmup_bytes: self.pool.reserved,
+            fixed_overhead_bytes: self.after_warmup.saturating_sub(weights_bytes),
+            memory_limit_bytes: sweep.plan.memory_limit,
+            ballast_bytes: self.ballast_bytes,
+        }
+    }
+
+    /// The process terms this run measured: the context, and everything else outside the
+    /// pool (kernels, library workspaces); the pool model's defaults.
+    fn overheads(&self) -> CudaOverheads {
+        CudaOverheads {
+            context_bytes: self.after_context,
+            libraries_bytes: self
+                .after_warmup
+                .saturating_sub(self.pool.reserved)
+                .saturating_sub(self.after_context),
+            ..CudaOverheads::default()
         }
     }
 }
@@ -89,14 +133,16 @@ pub(super) fn run(
     dir: &mut RunDir,
     on_point: &mut dyn FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
-    let before = BeforeContext::read(DEVICE_INDEX as u32);
+    let mut before = BeforeContext::read(DEVICE_INDEX as u32);
     let accel = Arc::new(Accel::open(DeviceKind::Cuda(DEVICE_INDEX))?);
     let pool = accel
         .pool()
         .ok_or_else(|| RunError::Device("no memory pool on this device".into()))?;
+    let pids = std::mem::take(&mut before.pids);
     let sampler = before
         .gpu
-        .map(|g| Sampler::start(g, sweep.plan.nvml_hz, before.pids));
+        .take()
+        .map(|g| Sampler::start(g, sweep.plan.nvml_hz, pids));
     let after_context = sampler.as_ref().map_or(0, |s| s.sample_now().0);
     let ballast = take_ballast(pool, sweep.plan.memory_limit, after_context)?;
     let ballast_bytes = ballast.as_ref().map_or(0, |b| b.bytes());
@@ -113,22 +159,16 @@ pub(super) fn run(
     let after_weights = process_now();
     accel.settle();
     let after_warmup = process_now();
-    let stats = pool.stats();
-    let gpu_run = GpuRun {
-        info: before.info.clone(),
-        pid_match: sampler.as_ref().map(|s| s.pid_match()),
-        nvml_hz: sweep.plan.nvml_hz,
-        nvml_samples: 0,
-        device_used_before_context_bytes: before.memory.map_or(0, |m| m.used),
-        device_free_before_context_bytes: before.memory.map_or(0, |m| m.free),
-        process_after_context_bytes: after_context,
-        process_after_weights_bytes: after_weights,
-        process_after_warmup_bytes: after_warmup,
-        pool_used_after_warmup_bytes: stats.used,
-        pool_reserved_after_warmup_bytes: stats.reserved,
-        fixed_overhead_bytes: after_warmup.saturating_sub(model.weights_bytes()),
-        memory_limit_bytes: sweep.plan.memory_limit,
+    let measured = Measured {
+        after_context,
+        after_weights,
+        after_warmup,
+        pool: pool.stats(),
         ballast_bytes,
+    };
+    let gpu_run = GpuRun {
+        pid_match: sampler.as_ref().map(|s| s.pid_match()),
+        ..measured.gpu_run(&before, sweep, model.weights_bytes())
     };
     let device_name = before
         .info
@@ -136,15 +176,7 @@ pub(super) fn run(
         .map_or_else(|| format!("cuda:{DEVICE_INDEX}"), |g| g.name.clone());
     let info = run_info(sweep, &model, device_name, Some(gpu_run))?;
     dir.write_info(&info)?;
-    let overheads = CudaOverheads {
-        context_bytes: after_context,
-        // Everything of the process outside the pool beyond the context: kernels, library
-        // workspaces.
-        libraries_bytes: after_warmup
-            .saturating_sub(stats.reserved)
-            .saturating_sub(after_context),
-        ..CudaOverheads::default()
-    };
+    let overheads = measured.overheads();
     write_calibration(dir, &info, &overheads)?;
 
     let reserved = PoolReserved(pool);
