@@ -30,6 +30,34 @@
 //! # Ok::<(), vramprobe::spec::SpecError>(())
 //! ```
 
+/// `as_str`, `Display` and `FromStr` for a field-less enum, from one list of its names (the
+/// names results and the command line use).
+macro_rules! names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The name as stored and shown.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)*
+                    _ => Err(format!("\"{s}\": use {}", [$($s),*].join(", "))),
+                }
+            }
+        }
+    };
+}
+
 pub mod bench;
 pub mod cli;
 pub mod estimate;

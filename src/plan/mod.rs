@@ -197,13 +197,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Mode::Inference => "inference",
-            Mode::Train => "train",
-        }
-    }
-
+    /// Inference (run.json leaves `mode` out then).
     pub fn is_inference(&self) -> bool {
         *self == Mode::Inference
     }
@@ -217,23 +211,10 @@ impl Mode {
     }
 }
 
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "inference" => Ok(Mode::Inference),
-            "train" => Ok(Mode::Train),
-            _ => Err(format!("\"{s}\": use inference or train")),
-        }
-    }
-}
+names!(Mode {
+    Inference => "inference",
+    Train => "train",
+});
 
 /// Where a sweep measures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,32 +227,10 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-impl DeviceChoice {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DeviceChoice::Cpu => "cpu",
-            DeviceChoice::Cuda => "cuda",
-        }
-    }
-}
-
-impl std::fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for DeviceChoice {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda),
-            _ => Err(format!("\"{s}\": use cpu or cuda")),
-        }
-    }
-}
+names!(DeviceChoice {
+    Cpu => "cpu",
+    Cuda => "cuda",
+});
 
 /// Where the weights come from; stored as `synthetic`, `download` or the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

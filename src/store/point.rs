@@ -38,21 +38,6 @@ pub enum PointPhase {
     TrainOptimizerFirst,
 }
 
-macro_rules! names {
-    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
-        impl $t {
-            /// The name as stored and shown.
-            pub const fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-        }
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.pad(self.as_str())
-            }
-        }
-    };
-}
 names!(Status { Ok => "ok", Oom => "oom", Error => "error" });
 names!(Stage { Grid => "grid", Boundary => "boundary" });
 names!(PointPhase {
