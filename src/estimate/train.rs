@@ -198,49 +198,19 @@ fn lora_shape(spec: &ModelSpec, t: Target) -> (u64, u64) {
     }
 }
 
-/// Estimate one training step of `batch x context` tokens.
-pub fn estimate_train(
-    spec: &ModelSpec,
-    dtype: DType,
-    engine: EngineProfile,
-    batch: u64,
-    context: u64,
-    setup: &TrainSetup,
-) -> TrainEstimate {
-    let e = dtype.size_in_bytes();
-    let (b, s) = (batch, context);
-    let (h, heads, kvh, d, inter, layers, vocab) = (
-        spec.hidden_size,
-        spec.num_heads,
-        spec.num_kv_heads,
-        spec.head_dim,
-        spec.intermediate_size,
-        spec.num_layers,
-        spec.vocab_size,
-    );
-    let gpus = setup.gpus.max(1);
-    let shard = |bytes: u64, stage: u8| {
-        if setup.zero >= stage {
-            bytes.div_ceil(gpus)
-        } else {
-            bytes
-        }
-    };
-    let state_bytes_per_param = |o: Optimizer| -> (u64, u64) {
-        // (gradient bytes, state bytes) per trainable parameter
-        match o {
-            Optimizer::Adamw => (e, 12),
-            Optimizer::AdamwBf16 => (e, 2 * e),
-            Optimizer::Adamw8bit => (e, 2),
-            Optimizer::Sgd => (e, 0),
-        }
-    };
-    let base_weights = quantized_weights_bytes(spec, dtype, setup.quant);
-    // Trainable parameters, their weights, gradients and states.
-    let (trainable, adapter_weights, grads, states) = match &setup.lora {
+/// The trainable parameters, and the bytes of the adapters' weights, the gradients and the
+/// optimizer's states (before any ZeRO sharding).
+fn trainable_state(spec: &ModelSpec, e: u64, setup: &TrainSetup) -> (u64, u64, u64, u64) {
+    match &setup.lora {
         None => {
             let p = spec.param_count();
-            let (g, st) = state_bytes_per_param(setup.optimizer);
+            // (gradient bytes, state bytes) per trainable parameter
+            let (g, st) = match setup.optimizer {
+                Optimizer::Adamw => (e, 12),
+                Optimizer::AdamwBf16 => (e, 2 * e),
+                Optimizer::Adamw8bit => (e, 2),
+                Optimizer::Sgd => (e, 0),
+            };
             (p, 0, p * g, p * st)
         }
         Some(l) => {
@@ -252,7 +222,7 @@ pub fn estimate_train(
                     l.rank * (i + o)
                 })
                 .sum::<u64>()
-                * layers;
+                * spec.num_layers;
             // adapters in fp32: 4 B weights, 4 B gradients, the optimizer's states in fp32
             let st = match setup.optimizer {
                 Optimizer::Adamw | Optimizer::AdamwBf16 => 8,
@@ -261,19 +231,19 @@ pub fn estimate_train(
             };
             (p, p * 4, p * 4, p * st)
         }
-    };
-    let weights = shard(base_weights + adapter_weights, 3)
-        + if setup.zero >= 3 && gpus > 1 {
-            2 * base_weights / layers.max(1) // two layers gathered at a time
-        } else {
-            0
-        };
-    let grads = shard(grads, 2);
-    let states = shard(states, 1);
+    }
+}
 
-    // Activations saved per layer per token (bytes).
-    let fused = engine == EngineProfile::TransformersSdpa;
-    let lora = setup.lora.as_ref();
+/// Activation bytes saved per layer per token for the backward pass (without eager
+/// attention's scores).
+fn saved_per_token(spec: &ModelSpec, e: u64, fused: bool, lora: Option<&Lora>) -> u64 {
+    let (h, heads, kvh, d, inter) = (
+        spec.hidden_size,
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        spec.intermediate_size,
+    );
     let targeted = |t: Target| lora.is_some_and(|l| l.targets.contains(&t));
     let full = lora.is_none();
     // the two RMSNorm inputs (the residual stream) and their f32 reciprocal RMS
@@ -296,6 +266,47 @@ pub fn estimate_train(
         // each adapter keeps its rank-r intermediate
         per_token += l.targets.len() as u64 * l.rank * e;
     }
+    per_token
+}
+
+/// Estimate one training step of `batch x context` tokens.
+pub fn estimate_train(
+    spec: &ModelSpec,
+    dtype: DType,
+    engine: EngineProfile,
+    batch: u64,
+    context: u64,
+    setup: &TrainSetup,
+) -> TrainEstimate {
+    let e = dtype.size_in_bytes();
+    let (b, s) = (batch, context);
+    let (h, heads, layers, vocab) = (
+        spec.hidden_size,
+        spec.num_heads,
+        spec.num_layers,
+        spec.vocab_size,
+    );
+    let gpus = setup.gpus.max(1);
+    let shard = |bytes: u64, stage: u8| {
+        if setup.zero >= stage {
+            bytes.div_ceil(gpus)
+        } else {
+            bytes
+        }
+    };
+    let base_weights = quantized_weights_bytes(spec, dtype, setup.quant);
+    let (trainable, adapter_weights, grads, states) = trainable_state(spec, e, setup);
+    let weights = shard(base_weights + adapter_weights, 3)
+        + if setup.zero >= 3 && gpus > 1 {
+            2 * base_weights / layers.max(1) // two layers gathered at a time
+        } else {
+            0
+        };
+    let grads = shard(grads, 2);
+    let states = shard(states, 1);
+
+    let fused = engine == EngineProfile::TransformersSdpa;
+    let per_token = saved_per_token(spec, e, fused, setup.lora.as_ref());
     // eager attention keeps its softmax output (b·H·s·s), unless checkpointed
     let eager_scores = if fused || setup.checkpointing != Checkpointing::None {
         0

@@ -67,6 +67,22 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         "<h2>The rule of thumb against the measurement</h2>\n<p id=\"rule-of-thumb\">{}</p>",
         esc(&rule_sentence(r))
     );
+    training(&mut o, r);
+    figures(&mut o, plots);
+    points(&mut o, r);
+    boundaries(&mut o, r);
+    setup(&mut o, r);
+    let _ = writeln!(
+        o,
+        "</dl>\n<p><small>report schema {}; made by vramprobe from run.json and \
+         points.jsonl.</small></p>\n</body>\n</html>",
+        r.schema_version
+    );
+    o
+}
+
+/// Training runs: the seed's claim and the Llama-3-8B estimates.
+fn training(o: &mut String, r: &Report) {
     if let Some(t) = &r.training {
         let _ = writeln!(
             o,
@@ -98,6 +114,10 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         }
         let _ = writeln!(o, "</tbody></table>");
     }
+}
+
+/// Every plot, inline.
+fn figures(o: &mut String, plots: &[Plot]) {
     let _ = writeln!(o, "<h2>Plots</h2>");
     for p in plots {
         let id = p.file.trim_end_matches(".svg");
@@ -110,6 +130,10 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
             esc(&p.file)
         );
     }
+}
+
+/// Every point, one row each.
+fn points(o: &mut String, r: &Report) {
     let _ = writeln!(
         o,
         "<h2>Every point</h2>\n<table id=\"points\">\n<thead><tr><th class=\"n\">batch</th>\
@@ -139,6 +163,10 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         );
     }
     let _ = writeln!(o, "</tbody>\n</table>");
+}
+
+/// The out-of-memory boundary, where searched.
+fn boundaries(o: &mut String, r: &Report) {
     if let Some(b) = &r.boundaries {
         let _ = writeln!(
             o,
@@ -160,6 +188,10 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         }
         let _ = writeln!(o, "</tbody>\n</table>");
     }
+}
+
+/// Where and how the run was made.
+fn setup(o: &mut String, r: &Report) {
     let _ = writeln!(o, "<h2>Where and how</h2>\n<dl id=\"setup\">");
     for (what, value) in setup_facts(r) {
         let v = if what == "command" {
@@ -169,13 +201,6 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         };
         let _ = writeln!(o, "<dt>{}</dt><dd>{v}</dd>", esc(what));
     }
-    let _ = writeln!(
-        o,
-        "</dl>\n<p><small>report schema {}; made by vramprobe from run.json and \
-         points.jsonl.</small></p>\n</body>\n</html>",
-        r.schema_version
-    );
-    o
 }
 
 #[cfg(test)]
