@@ -203,6 +203,7 @@ pub(super) fn run(
         },
         dir,
         done,
+        over_memory: Default::default(),
         points: Vec::new(),
     };
     session.sweep(workloads, on_point)?;

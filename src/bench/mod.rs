@@ -23,14 +23,18 @@ mod session;
 
 pub use record::tolerance_violations;
 
-use crate::estimate::EngineProfile;
+use crate::estimate::candle_train;
+use crate::estimate::{self, Backend, EngineProfile, Workload};
 use crate::model::ModelRef;
-use crate::plan::{BenchPlan, DeviceChoice, PlanError, WeightsChoice};
+use crate::plan::{
+    BenchPlan, DeviceChoice, Mode, OverMemory, PlanError, WeightsChoice, MEMORY_MARGIN_BYTES,
+    MEMORY_MARGIN_PERCENT,
+};
 use crate::probe::host::HostAllocProbe;
 use crate::runner::{Accel, DeviceKind, RunError, WeightsSource};
 use crate::spec::ModelSpec;
 use crate::store::{self, PointRecord, RunDir, Stage, StoreError};
-use session::{run_info, Done, Model, Probes, Session};
+use session::{run_info, Done, Model, OverMemoryPoints, Probes, Session};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -91,8 +95,29 @@ impl Sweep {
     /// # Errors
     /// [`PlanError`], and whatever finding the model reports ([`crate::spec::SpecError`],
     /// [`crate::hub::HubError`]).
-    pub fn resolve(plan: BenchPlan, out: Option<PathBuf>, quiet: bool) -> anyhow::Result<Sweep> {
+    pub fn resolve(
+        mut plan: BenchPlan,
+        out: Option<PathBuf>,
+        quiet: bool,
+    ) -> anyhow::Result<Sweep> {
         plan.check()?;
+        // Stored as absolute paths, so that `--resume` from another directory loads the same
+        // files (and never mistakes a relative path for a Hub id).
+        let absolute = |p: &str| {
+            std::path::absolute(p)
+                .ok()
+                .and_then(|a| a.to_str().map(str::to_string))
+        };
+        if let ModelRef::Local(p) = ModelRef::of(plan.model.as_deref()) {
+            if let Some(a) = p.to_str().and_then(absolute) {
+                plan.model = Some(a);
+            }
+        }
+        if let WeightsChoice::Dir(d) = &plan.weights {
+            if let Some(a) = absolute(d) {
+                plan.weights = WeightsChoice::Dir(a);
+            }
+        }
         let model = ModelRef::of(plan.model.as_deref());
         let download = plan.weights == WeightsChoice::Download;
         let (mut spec, snapshot) = model.load(plan.revision.as_deref(), download, quiet)?;
@@ -159,6 +184,7 @@ pub fn run(
                 .into(),
         ));
     }
+    let over = memory_guard(sweep, &workloads)?;
     let (mut dir, done) = if sweep.resume {
         let (dir, stored) = RunDir::reopen(&sweep.out)?;
         let done: Done = stored
@@ -171,16 +197,97 @@ pub fn run(
         (RunDir::create(&sweep.out)?, Done::new())
     };
     match sweep.plan.device {
-        DeviceChoice::Cpu => run_cpu(sweep, &workloads, &done, &mut dir, &mut on_point),
+        DeviceChoice::Cpu => run_cpu(sweep, &workloads, &done, &over, &mut dir, &mut on_point),
         DeviceChoice::Cuda => gpu::run(sweep, &workloads, &done, &mut dir, &mut on_point),
     }
+}
+
+/// A point's estimated peak on the plan's device: the larger phase of inference, or the
+/// largest phase of the training step.
+pub fn estimated_peak_bytes(sweep: &Sweep, w: Workload) -> u64 {
+    let (spec, plan) = (&sweep.spec, &sweep.plan);
+    let backend = match plan.device {
+        DeviceChoice::Cpu => Backend::Cpu,
+        DeviceChoice::Cuda => Backend::Cuda,
+    };
+    match plan.mode {
+        Mode::Inference => estimate::estimate(spec, plan.dtype, ENGINE, backend, w).total_bytes(),
+        Mode::Train => candle_train::simulate_step(
+            spec,
+            plan.dtype,
+            backend == Backend::Cpu,
+            w.batch,
+            w.context,
+            plan.lora.as_ref(),
+        )
+        .total_bytes(),
+    }
+}
+
+/// The memory guard for a sweep not started yet (the daemon asks it of every request):
+/// [`BenchError::Options`] naming the points that cannot fit, unless `--over-memory skip`.
+///
+/// # Errors
+/// [`BenchError::Plan`] for a grid the model refuses; [`BenchError::Options`] as above.
+pub fn check_memory(sweep: &Sweep) -> Result<(), BenchError> {
+    let workloads = sweep.plan.grid.workloads(&sweep.spec)?;
+    memory_guard(sweep, &workloads).map(drop)
+}
+
+/// The memory guard (CPU): the points whose estimate, with the margin, exceeds what this
+/// process can take, by (batch, context), with the reason. With `--over-memory refuse` any
+/// such point refuses the sweep before anything is created.
+///
+/// # Errors
+/// [`BenchError::Options`] naming the points that cannot fit.
+fn memory_guard(sweep: &Sweep, workloads: &[Workload]) -> Result<OverMemoryPoints, BenchError> {
+    let mut over = OverMemoryPoints::new();
+    if sweep.plan.device != DeviceChoice::Cpu {
+        return Ok(over); // on a GPU an out-of-memory point is a recorded result
+    }
+    let Some((available, source)) = crate::probe::host::available_bytes() else {
+        return Ok(over);
+    };
+    for &w in workloads {
+        let est = estimated_peak_bytes(sweep, w);
+        let need = est
+            .saturating_mul(100 + MEMORY_MARGIN_PERCENT)
+            .div_ceil(100)
+            .saturating_add(MEMORY_MARGIN_BYTES);
+        if need > available {
+            over.insert(
+                (w.batch, w.context),
+                format!(
+                    "batch {} x context {}: estimated {} (with the margin {}) exceeds the {} \
+                     available by {source}",
+                    w.batch,
+                    w.context,
+                    crate::report::bytes(est),
+                    crate::report::bytes(need),
+                    crate::report::bytes(available),
+                ),
+            );
+        }
+    }
+    if sweep.plan.over_memory == OverMemory::Refuse && !over.is_empty() {
+        let list: Vec<&str> = over.values().map(String::as_str).collect();
+        return Err(BenchError::Options(format!(
+            "{} of {} points cannot fit in memory, so nothing was run (--over-memory skip \
+             records them as oom and measures the rest):\n  {}",
+            over.len(),
+            workloads.len(),
+            list.join("\n  ")
+        )));
+    }
+    Ok(over)
 }
 
 /// The CPU session: the counting allocator is the one probe.
 fn run_cpu(
     sweep: &Sweep,
-    workloads: &[crate::estimate::Workload],
+    workloads: &[Workload],
     done: &Done,
+    over: &OverMemoryPoints,
     dir: &mut RunDir,
     on_point: &mut dyn FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
@@ -196,6 +303,7 @@ fn run_cpu(
         probes: Probes::host(&HostAllocProbe),
         dir,
         done,
+        over_memory: over.clone(),
         points: Vec::new(),
     };
     session.sweep(workloads, on_point)?;

@@ -13,12 +13,15 @@ use crate::runner::{Accel, PhaseFailure, RunError, Runner};
 use crate::store::{
     self, Environment, GpuRun, PointPhase, PointRecord, RunDir, RunInfo, Stage, StoreError,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// (batch, context, phase) of the grid points already stored.
 pub(super) type Done = BTreeSet<(u64, u64, PointPhase)>;
+
+/// (batch, context) of the points the memory guard skips, with the reason.
+pub(super) type OverMemoryPoints = BTreeMap<(u64, u64), String>;
 
 /// The loaded model: for inference, or with trainable variables.
 pub(super) enum Model {
@@ -107,6 +110,8 @@ pub(super) struct Session<'a> {
     pub probes: Probes<'a>,
     pub dir: &'a mut RunDir,
     pub done: &'a Done,
+    /// Points not run: their estimate exceeds the memory available (`--over-memory skip`).
+    pub over_memory: OverMemoryPoints,
     /// Every record stored by this session, in order.
     pub points: Vec<PointRecord>,
 }
@@ -197,6 +202,12 @@ impl Session<'_> {
 
     /// The reason `w` cannot run on this device at all, if it cannot.
     fn refused(&self, w: Workload) -> Option<PhaseFailure> {
+        if let Some(why) = self.over_memory.get(&(w.batch, w.context)) {
+            return Some(PhaseFailure {
+                oom: true,
+                message: format!("not run: {why}"),
+            });
+        }
         let spec = &self.sweep.spec;
         let limit = cuda_element_limit_context(spec, w.batch);
         (self.probes.backend == Backend::Cuda && w.context > limit).then(|| PhaseFailure {
@@ -363,7 +374,9 @@ pub(super) fn run_info(
         resumed_at: Vec::new(),
     };
     if sweep.resume {
+        // The run keeps its original command and start; each resumption adds its time.
         let old = RunDir::read_info(&sweep.out)?;
+        info.command = old.command;
         info.resumed_at = old.resumed_at;
         info.resumed_at
             .push(std::mem::replace(&mut info.started_at, old.started_at));

@@ -5,7 +5,7 @@ use super::BadInput;
 use crate::estimate::candle_train::LoraSetup;
 use crate::estimate::EngineProfile;
 use crate::model::ModelRef;
-use crate::plan::{self, BenchPlan, DeviceChoice, Grid, Mode, WeightsChoice};
+use crate::plan::{self, BenchPlan, DeviceChoice, Grid, Mode, OverMemory, WeightsChoice};
 use crate::spec::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -356,6 +356,11 @@ pub struct BenchArgs {
     /// peak or for the part above the weights.
     #[arg(long, value_parser = parse_ratio)]
     pub max_error: Option<f64>,
+    /// Points whose estimate (plus 10% and 256 MiB) exceeds the memory this process can take
+    /// (on the CPU: MemAvailable, the cgroup's limit, `ulimit -v`): `refuse` the sweep before
+    /// anything runs (exit 2), or `skip` them, recorded as `oom` predicted and not run.
+    #[arg(long, default_value_t = OverMemory::Refuse)]
+    pub over_memory: OverMemory,
 }
 
 impl BenchArgs {
@@ -392,6 +397,7 @@ impl BenchArgs {
             find_boundary: self.find_boundary.then_some(self.boundary_step),
             memory_limit: self.memory_limit,
             max_position: self.max_position,
+            over_memory: self.over_memory,
         }
     }
 }

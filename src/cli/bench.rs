@@ -14,7 +14,20 @@ use std::sync::Arc;
 pub(super) fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut sweep = match &a.resume {
         Some(dir) => {
-            let mut s = Sweep::resolve(stored_plan(dir)?, Some(dir.clone()), a.quiet)?;
+            let (plan, info) = stored_plan(dir)?;
+            let mut s = Sweep::resolve(plan, Some(dir.clone()), a.quiet)?;
+            if (s.spec.name(), s.spec.param_count()) != (info.model.clone(), info.params) {
+                return Err(BadInput(format!(
+                    "--resume {}: the model found now ({}, {} parameters) is not the run's \
+                     ({}, {} parameters)",
+                    dir.display(),
+                    s.spec.name(),
+                    s.spec.param_count(),
+                    info.model,
+                    info.params
+                ))
+                .into());
+            }
             s.resume = true;
             s
         }
@@ -64,13 +77,15 @@ pub(super) fn run(a: BenchArgs) -> anyhow::Result<()> {
         outln!("{}", r.headline);
     }
     match a.max_error {
+        // A resumed run is checked whole: the points stored before as well as the new ones.
+        Some(max) if sweep.resume => check_tolerance(&store::read_points(&out)?, max),
         Some(max) => check_tolerance(&points, max),
         None => Ok(()),
     }
 }
 
-/// The plan a stored run was made with (`--resume DIR`).
-fn stored_plan(dir: &Path) -> anyhow::Result<BenchPlan> {
+/// The plan a stored run was made with (`--resume DIR`), and its run.json.
+fn stored_plan(dir: &Path) -> anyhow::Result<(BenchPlan, store::RunInfo)> {
     for f in ["run.json", "points.jsonl"] {
         if !dir.join(f).is_file() {
             return Err(BadInput(format!(
@@ -94,7 +109,7 @@ fn stored_plan(dir: &Path) -> anyhow::Result<BenchPlan> {
             e.api_message()
         ))
         .into()),
-        Some(Ok(plan)) => Ok(plan),
+        Some(Ok(plan)) => Ok((plan, info)),
     }
 }
 

@@ -107,7 +107,11 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
                 Some(BenchError::Plan(_))
                     | Some(BenchError::Options(_))
                     | Some(BenchError::Run(RunError::Device(_)))
-                    | Some(BenchError::Store(store::StoreError::Exists { .. }))
+                    | Some(BenchError::Store(
+                        store::StoreError::Exists { .. }
+                            | store::StoreError::NotARun { .. }
+                            | store::StoreError::Locked { .. }
+                    ))
                     | Some(BenchError::Run(RunError::Unsupported { .. }))
                     | Some(BenchError::Run(RunError::BadTensor { .. }))
                     | Some(BenchError::Run(RunError::NoWeights { .. }))

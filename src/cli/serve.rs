@@ -6,7 +6,9 @@ pub(super) fn run(a: ServeArgs) -> anyhow::Result<()> {
     use crate::serve::{self, job::BenchRequest, Secret, ServeError, ServeOptions};
     let opts = ServeOptions {
         listen: a.listen,
-        token: a.token.map(Secret),
+        // A token read from a file (a Kubernetes secret) often ends with a newline: the
+        // token is what is between the white space.
+        token: a.token.map(|t| Secret(t.trim().to_string())),
         runs_dir: a.runs_dir,
         poll_interval: a.poll_interval,
         per_process: a.per_process,

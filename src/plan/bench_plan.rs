@@ -1,6 +1,8 @@
 //! [`BenchPlan`]: one sweep, checked in one place, and the command line that makes it.
 
-use super::{DeviceChoice, Field, Grid, Mode, ModelRef, Need, PlanError, WeightsChoice};
+use super::{
+    DeviceChoice, Field, Grid, Mode, ModelRef, Need, OverMemory, PlanError, WeightsChoice,
+};
 use crate::estimate::candle_train::LoraSetup;
 use crate::estimate::train::Target;
 use crate::spec::DType;
@@ -17,6 +19,10 @@ pub const DEFAULT_NVML_HZ: u32 = 50;
 pub const MAX_NVML_HZ: u32 = 100;
 /// Resolution of the out-of-memory boundary search unless asked otherwise, in tokens.
 pub const DEFAULT_BOUNDARY_STEP: u64 = 128;
+/// The memory guard's margin over a point's estimate: 10% and 256 MiB (the runtime, the
+/// binary, the allocator's slack) must be free beside it.
+pub const MEMORY_MARGIN_PERCENT: u64 = 10;
+pub const MEMORY_MARGIN_BYTES: u64 = 256 << 20;
 /// The LoRA targets unless asked otherwise: q and v, as PEFT's Llama default.
 pub const DEFAULT_LORA_TARGETS: [Target; 2] = [Target::Q, Target::V];
 
@@ -53,6 +59,9 @@ pub struct BenchPlan {
     /// LoRA adapters of a training sweep (None: every parameter is trained).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSetup>,
+    /// Points whose estimate exceeds the memory available: refuse the sweep, or skip them.
+    #[serde(default, skip_serializing_if = "OverMemory::is_refuse")]
+    pub over_memory: OverMemory,
     #[serde(skip, default = "Grid::stored_beside")]
     pub grid: Grid,
 }
@@ -68,6 +77,7 @@ impl Default for BenchPlan {
             mode: Mode::Inference,
             lora: None,
             grid: Grid::default_for(Mode::Inference),
+            over_memory: OverMemory::Refuse,
             weights: WeightsChoice::Synthetic,
             seed: 0,
             nvml_hz: DEFAULT_NVML_HZ,
@@ -206,6 +216,9 @@ impl BenchPlan {
         }
         if let Some(m) = self.max_position {
             a.push(format!("--max-position={m}"));
+        }
+        if !self.over_memory.is_refuse() {
+            a.push(format!("--over-memory={}", self.over_memory));
         }
         a
     }

@@ -15,7 +15,7 @@ mod grid;
 
 pub use bench_plan::{
     BenchPlan, DEFAULT_BOUNDARY_STEP, DEFAULT_DTYPE, DEFAULT_LORA_TARGETS, DEFAULT_NVML_HZ,
-    MAX_LORA_RANK, MAX_NVML_HZ,
+    MAX_LORA_RANK, MAX_NVML_HZ, MEMORY_MARGIN_BYTES, MEMORY_MARGIN_PERCENT,
 };
 pub use grid::{Grid, DEFAULT_DECODE_STEPS, MAX_BATCH, MAX_CONTEXT, MAX_DECODE_STEPS, MAX_LIST};
 
@@ -214,6 +214,29 @@ impl Mode {
 names!(Mode {
     Inference => "inference",
     Train => "train",
+});
+
+/// What a sweep does with points whose estimate exceeds the memory the device can give.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverMemory {
+    /// Refuse the whole sweep before anything runs, naming the points (exit 2).
+    #[default]
+    Refuse,
+    /// Record those points as `oom`, predicted and not run, and measure the rest.
+    Skip,
+}
+
+impl OverMemory {
+    /// The default (run.json leaves it out then).
+    pub fn is_refuse(&self) -> bool {
+        *self == OverMemory::Refuse
+    }
+}
+
+names!(OverMemory {
+    Refuse => "refuse",
+    Skip => "skip",
 });
 
 /// Where a sweep measures.

@@ -195,6 +195,41 @@ impl MemoryProbe for HostAllocProbe {
     }
 }
 
+/// The host memory this process can still take, and what sets that limit: the smallest of
+/// the kernel's `MemAvailable`, the cgroup's `memory.max` less its `memory.current` (cgroup
+/// v2), and the address-space limit (`ulimit -v`, `RLIMIT_AS`) less the process's virtual
+/// size. None where none of them can be read.
+pub fn available_bytes() -> Option<(u64, &'static str)> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let kib_field = |text: &str, key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|k| k * 1024)
+    };
+    let mut limits: Vec<(u64, &'static str)> = Vec::new();
+    if let Some(m) = read("/proc/meminfo").and_then(|t| kib_field(&t, "MemAvailable:")) {
+        limits.push((m, "the host's available memory (MemAvailable)"));
+    }
+    let cgroup =
+        |f: &str| read(&format!("/sys/fs/cgroup/{f}")).and_then(|t| t.trim().parse::<u64>().ok());
+    if let (Some(max), Some(cur)) = (cgroup("memory.max"), cgroup("memory.current")) {
+        limits.push((max.saturating_sub(cur), "the cgroup's memory.max"));
+    }
+    if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_AS) {
+        if soft != nix::sys::resource::RLIM_INFINITY {
+            let used = read("/proc/self/status")
+                .and_then(|t| kib_field(&t, "VmSize:"))
+                .unwrap_or(0);
+            limits.push((
+                soft.saturating_sub(used),
+                "the address-space limit (ulimit -v)",
+            ));
+        }
+    }
+    limits.into_iter().min_by_key(|&(b, _)| b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +252,11 @@ mod tests {
             grew && peaked && freed
         };
         assert!((0..50).any(|_| attempt()), "no clean attempt in 50");
+    }
+
+    #[test]
+    fn available_memory_is_read_on_linux() {
+        let (bytes, source) = available_bytes().expect("/proc/meminfo on Linux");
+        assert!(bytes > 0, "{source}");
     }
 }

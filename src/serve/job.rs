@@ -182,6 +182,20 @@ pub fn start(state: &Arc<State>, req: &BenchRequest) -> Result<JobState, StartEr
     let plan = full
         .plan()
         .map_err(|e| StartError::Invalid(e.api_message()))?;
+    // The memory guard, here for local models (a Hub model's config is fetched by the
+    // sweep itself, which applies the guard too and fails before measuring).
+    if !matches!(ModelRef::of(plan.model.as_deref()), ModelRef::Hub(_)) {
+        // The reason goes to the log, not to the client: it may quote the file it read.
+        let sweep = crate::bench::Sweep::resolve(plan.clone(), None, true).map_err(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "a sweep's model cannot be read");
+            StartError::Invalid(
+                "model: cannot be read as a model directory or config.json (the daemon's log \
+                 says why)"
+                    .into(),
+            )
+        })?;
+        crate::bench::check_memory(&sweep).map_err(|e| StartError::Invalid(e.to_string()))?;
+    }
     let mut args = plan.to_args();
     args.insert(1, "--quiet".into());
     let mut job = state

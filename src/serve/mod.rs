@@ -120,6 +120,9 @@ impl State {
     }
 }
 
+/// The shortest `--bench-every` accepted.
+pub const MIN_BENCH_EVERY: Duration = Duration::from_secs(1);
+
 /// Check the options that make the daemon unsafe or unable to start.
 ///
 /// # Errors
@@ -134,8 +137,14 @@ pub fn check(opts: &ServeOptions) -> Result<(), ServeError> {
     }
     if opts.token.as_ref().is_some_and(|t| t.0.len() < 16) {
         return Err(ServeError::Options(
-            "--token: use at least 16 characters".into(),
+            "--token: use at least 16 characters (white space around it is not part of it)".into(),
         ));
+    }
+    if opts.bench_every.is_some_and(|e| e < MIN_BENCH_EVERY) {
+        return Err(ServeError::Options(format!(
+            "--bench-every: at least {} (0 would spin the scheduler)",
+            humantime::format_duration(MIN_BENCH_EVERY)
+        )));
     }
     if opts.poll_interval < Duration::from_millis(100) {
         return Err(ServeError::Options(

@@ -8,9 +8,10 @@ mod run_info;
 pub use point::*;
 pub use run_info::*;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Errors of the run directory.
@@ -24,6 +25,16 @@ pub enum StoreError {
     },
     #[error("{path}: already holds a run (points.jsonl exists); choose another --out")]
     Exists { path: PathBuf },
+    #[error(
+        "{path}: holds other files and is not a vramprobe run directory; choose a new or \
+         empty --out"
+    )]
+    NotARun { path: PathBuf },
+    #[error(
+        "{path}: in use by process {holder} (another bench or a daemon's sweep writes this \
+         run); wait for it to end or choose another --out"
+    )]
+    Locked { path: PathBuf, holder: String },
     #[error(
         "{path}: only {free} bytes free on its filesystem, {need} needed for a run's points \
          and report (set VRAMPROBE_MIN_FREE_BYTES to change the requirement)"
@@ -72,10 +83,46 @@ fn check_free_space(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// An open run directory being appended to.
+/// The lock file of a run directory: held (flock, exclusive) by the one process that writes
+/// the run, with that process's id inside for the message another one gets.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Take the run directory's lock, or say who holds it.
+fn lock(dir: &Path) -> Result<Flock<File>, StoreError> {
+    let p = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .map_err(io(&p))?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(mut held) => {
+            held.set_len(0).map_err(io(&p))?;
+            writeln!(held, "{}", std::process::id()).map_err(io(&p))?;
+            Ok(held)
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StoreError::Locked {
+            path: dir.to_path_buf(),
+            holder: std::fs::read_to_string(&p)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "unknown".into()),
+        }),
+        Err((_, e)) => Err(StoreError::Io {
+            path: p,
+            source: std::io::Error::from(e),
+        }),
+    }
+}
+
+/// An open run directory being appended to, locked while this value lives.
 pub struct RunDir {
     path: PathBuf,
     points: File,
+    _lock: Flock<File>,
 }
 
 impl RunDir {
@@ -85,22 +132,43 @@ impl RunDir {
     /// # Errors
     /// [`StoreError::Exists`] and [`StoreError::Io`].
     pub fn create(path: &Path) -> Result<Self, StoreError> {
+        if path.exists() && !path.is_dir() {
+            return Err(StoreError::NotARun {
+                path: path.to_path_buf(),
+            });
+        }
         std::fs::create_dir_all(path).map_err(io(path))?;
         check_free_space(path)?;
+        let lock = lock(path)?;
         let points_path = path.join("points.jsonl");
-        if points_path.exists() {
+        // A run that stopped before its model loaded left an empty points.jsonl and no
+        // run.json: nothing to keep, so a new run may start there.
+        let failed_start = std::fs::metadata(&points_path).is_ok_and(|m| m.len() == 0)
+            && !path.join("run.json").exists();
+        if points_path.exists() && !failed_start {
             return Err(StoreError::Exists {
                 path: path.to_path_buf(),
             });
         }
+        let others = std::fs::read_dir(path)
+            .map_err(io(path))?
+            .filter_map(Result::ok)
+            .any(|e| e.file_name() != LOCK_FILE && e.file_name() != "points.jsonl");
+        if others {
+            return Err(StoreError::NotARun {
+                path: path.to_path_buf(),
+            });
+        }
+        // Appended to, never rewritten (a failed start's points.jsonl is empty).
         let points = OpenOptions::new()
-            .create_new(true)
+            .create(true)
             .append(true)
             .open(&points_path)
             .map_err(io(&points_path))?;
         Ok(Self {
             path: path.to_path_buf(),
             points,
+            _lock: lock,
         })
     }
 
@@ -115,6 +183,7 @@ impl RunDir {
     /// # Errors
     /// [`StoreError::Io`], and [`StoreError::Corrupt`] for a broken line that is not last.
     pub fn reopen(path: &Path) -> Result<(Self, Vec<PointRecord>), StoreError> {
+        let lock = lock(path)?;
         check_free_space(path)?;
         let points_path = path.join("points.jsonl");
         let points = read_points(path)?;
@@ -125,7 +194,14 @@ impl RunDir {
                 .write(true)
                 .open(&points_path)
                 .map_err(io(&points_path))?;
-            f.set_len(keep as u64).map_err(io(&points_path))?;
+            if serde_json::from_slice::<PointRecord>(&text[keep..]).is_ok() {
+                // A complete record whose newline was not written: keep it, end its line.
+                (&f).seek(std::io::SeekFrom::End(0))
+                    .and_then(|_| (&f).write_all(b"\n"))
+                    .map_err(io(&points_path))?;
+            } else {
+                f.set_len(keep as u64).map_err(io(&points_path))?;
+            }
             f.sync_all().map_err(io(&points_path))?;
         }
         let file = OpenOptions::new()
@@ -136,6 +212,7 @@ impl RunDir {
             Self {
                 path: path.to_path_buf(),
                 points: file,
+                _lock: lock,
             },
             points,
         ))
@@ -164,8 +241,16 @@ impl RunDir {
         let tmp = self.path.join("run.json.tmp");
         let mut text = serde_json::to_string_pretty(info).unwrap_or_default();
         text.push('\n');
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &final_path).map_err(io(&final_path))
+        // Written and synced before the rename, and the directory synced after it: a crash
+        // leaves the old run.json or the new one, never an empty one.
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &final_path).map_err(io(&final_path))?;
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.path))
     }
 
     /// Write a JSON file of the run (pretty, one trailing newline).
@@ -358,11 +443,81 @@ mod tests {
         let err = read_points(dir.path()).unwrap_err().to_string();
         assert!(err.contains("points.jsonl: line 3"), "{err}");
 
+        // While a process writes the run, no other may: the lock names it.
+        let held = RunDir::reopen(dir.path()).err().expect("locked");
+        assert!(
+            matches!(&held, StoreError::Locked { holder, .. } if *holder == std::process::id().to_string()),
+            "{held}"
+        );
+        drop(run);
         // The directory now holds a run: it is never reused.
         assert!(matches!(
             RunDir::create(dir.path()),
             Err(StoreError::Exists { .. })
         ));
+    }
+
+    /// A record complete but for its newline (a crash between the two writes) is kept by
+    /// resume, which ends its line; a torn one is cut.
+    #[test]
+    fn resume_keeps_a_complete_record_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = RunDir::create(dir.path()).unwrap();
+        run.append(&point(1)).unwrap();
+        drop(run);
+        let path = dir.path().join("points.jsonl");
+        let mut line = serde_json::to_string(&point(2)).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+        let (mut run, stored) = RunDir::reopen(dir.path()).unwrap();
+        assert_eq!(stored.len(), 2);
+        run.append(&point(3)).unwrap();
+        let back = read_points(dir.path()).unwrap();
+        let batches: Vec<u64> = back.iter().map(|p| p.batch).collect();
+        assert_eq!(batches, [1, 2, 3]);
+        drop(run);
+        // A torn record is cut, and appending goes on after the last whole line.
+        line.truncate(line.len() / 2);
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+        let (mut run, stored) = RunDir::reopen(dir.path()).unwrap();
+        assert_eq!(stored.len(), 3);
+        run.append(&point(4)).unwrap();
+        assert_eq!(read_points(dir.path()).unwrap().len(), 4);
+    }
+
+    /// `--out` at a directory of other files, or at a file, is refused; a run that never
+    /// loaded its model left an empty points.jsonl, and a new run may start there.
+    #[test]
+    fn only_new_empty_or_failed_start_directories_are_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("photos");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("cat.jpg"), b"meow").unwrap();
+        assert!(matches!(
+            RunDir::create(&other),
+            Err(StoreError::NotARun { .. })
+        ));
+        assert_eq!(std::fs::read(other.join("cat.jpg")).unwrap(), b"meow");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            RunDir::create(&file),
+            Err(StoreError::NotARun { .. })
+        ));
+        let failed = dir.path().join("failed");
+        drop(RunDir::create(&failed).unwrap());
+        let mut again = RunDir::create(&failed).unwrap();
+        again.append(&point(1)).unwrap();
+        assert_eq!(read_points(&failed).unwrap().len(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod gpu_reports;
 mod html;
 mod hub;
 mod layering;
+mod reliability;
 mod report;
 mod serve;
 mod train;

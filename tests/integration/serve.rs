@@ -412,11 +412,20 @@ fn sweeps_run_one_at_a_time_and_reach_the_metrics() {
         (r#"{"context": [64], "colour": "red"}"#, 400, "colour"),
         (r#"{"device": "tpu"}"#, 400, "device"),
         (r#"{"batch": "1,2"}"#, 400, "request body"),
+        // The memory guard: terabytes of attention scores on the CPU are refused up front.
+        (
+            r#"{"batch": [4096], "context": [2040]}"#,
+            400,
+            "cannot fit in memory",
+        ),
+        // A file that is not a config: named as such, its contents never quoted.
+        (r#"{"model": "Cargo.toml"}"#, 400, "model: cannot be read"),
     ] {
         let r = post(body);
         assert_eq!(r.status(), status, "{body}");
         let e: Value = r.json().unwrap();
         assert!(e["error"].as_str().unwrap().contains(says), "{body}: {e}");
+        assert!(!e["error"].as_str().unwrap().contains("[package]"), "{e}");
     }
     let big = format!(r#"{{"model": "{}"}}"#, "x".repeat(20_000));
     assert_eq!(post(&big).status(), 413);
@@ -485,15 +494,29 @@ fn beyond_loopback_a_token_is_required_and_never_shown() {
     assert!(stderr(&o).contains("VRAMPROBE_TOKEN"), "{}", stderr(&o));
     let o = vp("serve --listen 127.0.0.1:0 --token short");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // White space is not a token; an interval of 0 would spin the scheduler.
+    let o = vramprobe(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        &" ".repeat(20),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = vp("serve --listen 127.0.0.1:0 --bench-every 0s");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--bench-every"), "{}", stderr(&o));
 
+    // A token read from a file ends with a newline: it still matches.
     let token = "vp-test-token-5f2b9c81d0e4";
+    let token_from_file = format!("{token}\n");
     let d = Daemon::start(&[
         "--listen",
         "127.0.0.1:0",
         "--runs-dir",
         path_str(&runs),
         "--token",
-        token,
+        &token_from_file,
         "--bench-batch",
         "1",
         "--bench-context",
