@@ -176,7 +176,7 @@ pub fn run(
     mut on_point: impl FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
     sweep.plan.check()?;
-    let workloads = sweep.plan.grid.workloads(&sweep.spec)?;
+    let workloads = sweep.plan.workloads(&sweep.spec)?;
     if sweep.plan.device == DeviceChoice::Cpu && !HostAllocProbe::installed() {
         return Err(BenchError::Options(
             "measuring on the CPU needs vramprobe::probe::host::CountingAlloc as the \
@@ -230,7 +230,7 @@ pub fn estimated_peak_bytes(sweep: &Sweep, w: Workload) -> u64 {
 /// # Errors
 /// [`BenchError::Plan`] for a grid the model refuses; [`BenchError::Options`] as above.
 pub fn check_memory(sweep: &Sweep) -> Result<(), BenchError> {
-    let workloads = sweep.plan.grid.workloads(&sweep.spec)?;
+    let workloads = sweep.plan.workloads(&sweep.spec)?;
     memory_guard(sweep, &workloads).map(drop)
 }
 

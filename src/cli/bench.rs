@@ -34,7 +34,7 @@ pub(super) fn run(a: BenchArgs) -> anyhow::Result<()> {
         None => Sweep::resolve(a.plan(), a.out.clone(), a.quiet)?,
     };
     sweep.stop = Some(stop_flag()?);
-    for note in sweep.plan.grid.assumptions(&sweep.spec) {
+    for note in sweep.plan.assumptions(&sweep.spec) {
         eprintln!("assumed: {note}");
     }
     let out = sweep.out.clone();
@@ -42,7 +42,6 @@ pub(super) fn run(a: BenchArgs) -> anyhow::Result<()> {
         a.quiet,
         sweep
             .plan
-            .grid
             .workloads(&sweep.spec)
             .map_or(0, |w| w.len() as u64 * sweep.plan.mode.phases_per_point()),
     );

@@ -177,6 +177,26 @@ impl BenchPlan {
         Ok(())
     }
 
+    /// The workloads this plan measures on `spec` ([`Grid::workloads_for`] its mode).
+    ///
+    /// # Errors
+    /// [`PlanError`] for a grid the model cannot run.
+    pub fn workloads(
+        &self,
+        spec: &crate::spec::ModelSpec,
+    ) -> Result<Vec<crate::estimate::Workload>, PlanError> {
+        self.grid.workloads_for(spec, self.mode)
+    }
+
+    /// What was assumed about the requested contexts (inference only: a training step's
+    /// context is taken as given).
+    pub fn assumptions(&self, spec: &crate::spec::ModelSpec) -> Vec<String> {
+        match self.mode {
+            Mode::Inference => self.grid.assumptions(spec),
+            Mode::Train => Vec::new(),
+        }
+    }
+
     /// Records the sweep stores for its grid (the boundary search adds more).
     pub fn records_planned(&self) -> u64 {
         self.grid.points() * self.mode.phases_per_point()

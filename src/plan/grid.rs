@@ -107,13 +107,30 @@ impl Grid {
     /// [`PlanError`] for an empty list, a zero or absurd value, or a context beyond the
     /// model's `max_position_embeddings` (candle precomputes rotary tables only that far).
     pub fn workloads(&self, spec: &ModelSpec) -> Result<Vec<Workload>, PlanError> {
-        self.check(spec)?;
+        self.workloads_for(spec, super::Mode::Inference)
+    }
+
+    /// [`Grid::workloads`] for a sweep of `mode`: a training step's context is the whole
+    /// sequence (no decode steps follow it), so it is taken as given up to the model's limit.
+    ///
+    /// # Errors
+    /// As [`Grid::workloads`].
+    pub fn workloads_for(
+        &self,
+        spec: &ModelSpec,
+        mode: super::Mode,
+    ) -> Result<Vec<Workload>, PlanError> {
+        let after = match mode {
+            super::Mode::Inference => self.decode_steps,
+            super::Mode::Train => 0,
+        };
+        self.check(spec, after)?;
         let mut out: Vec<Workload> = Vec::new();
         for &batch in &self.batches {
             for &c in &self.contexts {
                 let w = Workload {
                     batch,
-                    context: self.prompt(spec, c),
+                    context: prompt(spec, c, after),
                     decode_steps: self.decode_steps,
                 };
                 if !out.contains(&w) {
@@ -124,15 +141,6 @@ impl Grid {
         Ok(out)
     }
 
-    /// The prompt measured for a requested context `c` (see [`Grid::workloads`]).
-    fn prompt(&self, spec: &ModelSpec, c: u64) -> u64 {
-        if c + self.decode_steps > spec.max_position_embeddings {
-            c.saturating_sub(self.decode_steps)
-        } else {
-            c
-        }
-    }
-
     /// What was assumed about the requested contexts, one sentence each (empty when every
     /// context was taken as given).
     pub fn assumptions(&self, spec: &ModelSpec) -> Vec<String> {
@@ -140,7 +148,7 @@ impl Grid {
         self.contexts
             .iter()
             .filter(|&&c| {
-                self.prompt(spec, c) != c && !seen.contains(&c) && {
+                prompt(spec, c, self.decode_steps) != c && !seen.contains(&c) && {
                     seen.push(c);
                     true
                 }
@@ -152,14 +160,14 @@ impl Grid {
                     spec.name(),
                     spec.source,
                     spec.max_position_embeddings,
-                    self.prompt(spec, c),
+                    prompt(spec, c, self.decode_steps),
                     self.decode_steps
                 )
             })
             .collect()
     }
 
-    fn check(&self, spec: &ModelSpec) -> Result<(), PlanError> {
+    fn check(&self, spec: &ModelSpec, after: u64) -> Result<(), PlanError> {
         self.check_values()?;
         for &c in &self.contexts {
             let invalid = |reason: String| PlanError::Invalid {
@@ -173,15 +181,25 @@ impl Grid {
                     spec.max_position_embeddings, spec.source
                 )));
             }
-            if self.prompt(spec, c) < 2 {
+            if prompt(spec, c, after) < 2 {
                 return Err(invalid(format!(
-                    "leaves no prompt before {} decode steps within max_position_embeddings \
-                     {} of {}",
-                    self.decode_steps, spec.max_position_embeddings, spec.source
+                    "leaves no prompt before {after} decode steps within \
+                     max_position_embeddings {} of {}",
+                    spec.max_position_embeddings, spec.source
                 )));
             }
         }
         Ok(())
+    }
+}
+
+/// The prompt measured for a requested context `c` with `after` tokens following it (see
+/// [`Grid::workloads`]).
+fn prompt(spec: &ModelSpec, c: u64, after: u64) -> u64 {
+    if c + after > spec.max_position_embeddings {
+        c.saturating_sub(after)
+    } else {
+        c
     }
 }
 
@@ -258,5 +276,9 @@ mod tests {
         assert!(said[0].starts_with("context 2048:"), "{said:?}");
         assert!(said[0].contains("a prompt of 2040 tokens, then 8 decode steps"));
         assert!(grid(&[1], &[64]).assumptions(&tiny()).is_empty());
+        // A training step has no decode steps: its context is taken as given.
+        let t = g.workloads_for(&tiny(), crate::plan::Mode::Train).unwrap();
+        let contexts: Vec<_> = t.iter().map(|w| w.context).collect();
+        assert_eq!(contexts, vec![2048, 2040, 64, 2045]);
     }
 }
