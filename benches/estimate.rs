@@ -38,6 +38,7 @@ fn benches(c: &mut Criterion) {
         overheads: CudaOverheads::default(),
         quant: Quant::None,
         kv_dtype: None,
+        knobs: Default::default(),
     };
     let batches = [1u64, 2, 4, 8, 16, 32];
     let contexts = [128u64, 256, 512, 1024, 2048, 4096, 6144, 8184];

@@ -2,9 +2,9 @@
 //! largest context that fits, measured by bisection and predicted by the estimate.
 
 use super::session::{Model, Session};
-use super::{cuda_element_limit_context, BenchError, ENGINE};
+use super::BenchError;
 use crate::estimate::cuda as cuda_est;
-use crate::estimate::{self, Backend, Phase, Workload};
+use crate::estimate::{Backend, Phase, Workload};
 use crate::store::{Boundary, PointRecord, Stage, Status, BOUNDARY_FILE};
 
 impl Session<'_> {
@@ -31,7 +31,7 @@ impl Session<'_> {
     /// The estimate of what `nvml_process` will show at the peak of a workload.
     fn estimated_process_bytes(&self, w: Workload) -> u64 {
         let (sweep, probes) = (self.sweep, &self.probes);
-        let e = estimate::estimate(&sweep.spec, sweep.plan.dtype, ENGINE, probes.backend, w);
+        let e = sweep.estimate(probes.backend, w);
         [Phase::Prefill, Phase::Decode]
             .into_iter()
             .map(|p| cuda_est::process(&e, p, probes.residue, &probes.overheads).total_bytes())
@@ -75,7 +75,7 @@ impl Session<'_> {
         let steps = self.sweep.plan.grid.decode_steps;
         let positions = spec.max_position_embeddings.saturating_sub(steps.max(1));
         let elements = if self.probes.backend == Backend::Cuda {
-            cuda_element_limit_context(spec, b)
+            self.sweep.cuda_limit_context(b).0
         } else {
             u64::MAX
         };

@@ -43,8 +43,8 @@ use std::sync::Arc;
 /// the daemon reads it from its sweeps' child processes.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// The engine the runner executes and the estimate models.
-pub const ENGINE: EngineProfile = EngineProfile::CandleEager;
+/// The engine measured unless asked otherwise.
+pub const DEFAULT_ENGINE: EngineProfile = EngineProfile::CandleEager;
 
 /// Errors of a bench run.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +165,61 @@ pub fn cuda_element_limit_context(spec: &ModelSpec, batch: u64) -> u64 {
     (u64::from(u32::MAX) / per_row).isqrt()
 }
 
+impl Sweep {
+    /// The estimate of `w` for the plan's engine and settings on `backend`.
+    pub fn estimate(&self, backend: Backend, w: Workload) -> estimate::Estimate {
+        estimate::estimate_with(
+            &self.spec,
+            self.plan.dtype,
+            self.plan.engine,
+            backend,
+            w,
+            &self.plan.knobs(),
+        )
+    }
+
+    /// The largest context the plan's engine can run on CUDA at batch `b`, and why there:
+    /// candle 0.11's CUDA kernels count elements in u32. The eager engine's attention scores
+    /// grow with the square of the context ([`cuda_element_limit_context`]); the chunked
+    /// engine's largest tensor is one layer's K (or V) cache, `b x kv_heads x capacity x
+    /// head_dim`, whose capacity is the context plus the decode steps (or `--kv-capacity`).
+    pub fn cuda_limit_context(&self, b: u64) -> (u64, String) {
+        let spec = &self.spec;
+        match self.plan.engine {
+            EngineProfile::CandleChunked => {
+                let per_position = b.max(1) * spec.num_kv_heads.max(1) * spec.head_dim.max(1);
+                let positions = u64::from(u32::MAX) / per_position;
+                let steps = self.plan.grid.decode_steps.max(1);
+                let limit = match self.plan.kv_capacity {
+                    Some(c) if c > positions => 0,
+                    _ => positions.saturating_sub(steps),
+                };
+                (
+                    limit,
+                    format!(
+                        "one layer's K cache (batch {b} x {} KV heads x {positions} positions x \
+                         {} head_dim) would reach the 2^32 elements candle 0.11's CUDA kernels \
+                         can address",
+                        spec.num_kv_heads, spec.head_dim
+                    ),
+                )
+            }
+            _ => {
+                let limit = cuda_element_limit_context(spec, b);
+                (
+                    limit,
+                    format!(
+                        "batch {b} x {} heads x context^2 attention scores exceed the 2^32 \
+                         elements candle 0.11's CUDA kernels can address (largest context \
+                         here: {limit})",
+                        spec.num_heads
+                    ),
+                )
+            }
+        }
+    }
+}
+
 /// Estimate, measure and store every point; `on_point` sees each record once stored.
 ///
 /// # Errors
@@ -211,7 +266,7 @@ pub fn estimated_peak_bytes(sweep: &Sweep, w: Workload) -> u64 {
         DeviceChoice::Cuda => Backend::Cuda,
     };
     match plan.mode {
-        Mode::Inference => estimate::estimate(spec, plan.dtype, ENGINE, backend, w).total_bytes(),
+        Mode::Inference => sweep.estimate(backend, w).total_bytes(),
         Mode::Train => candle_train::simulate_step(
             spec,
             plan.dtype,
@@ -332,7 +387,7 @@ mod tests {
             context: 256,
             decode_steps: 4,
         };
-        let est = estimate::estimate(&spec, DType::BF16, ENGINE, Backend::Cuda, w);
+        let est = estimate::estimate(&spec, DType::BF16, DEFAULT_ENGINE, Backend::Cuda, w);
         let info = RunInfo {
             schema_version: 1,
             started_at: String::new(),
@@ -341,7 +396,7 @@ mod tests {
             model_config: spec.source.clone(),
             params: spec.param_count(),
             dtype: "bf16".into(),
-            engine: ENGINE.as_str().into(),
+            engine: DEFAULT_ENGINE.as_str().into(),
             device: "fake GPU".into(),
             weights: "synthetic".into(),
             grid: Grid {

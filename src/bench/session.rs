@@ -2,10 +2,10 @@
 //! directory being appended to, and the sweep over the grid as its method.
 
 use super::record::{PointEstimate, Recorder};
-use super::{cuda_element_limit_context, BenchError, Sweep, ENGINE};
+use super::{BenchError, Sweep};
 use crate::estimate::candle_train::{self, TrainPhase};
 use crate::estimate::cuda::CudaOverheads;
-use crate::estimate::{self, Backend, Phase, Workload};
+use crate::estimate::{Backend, Phase, Workload};
 use crate::plan::Mode;
 use crate::probe::MemoryProbe;
 use crate::runner::train::TrainRunner;
@@ -37,7 +37,15 @@ impl Model {
     ) -> Result<Self, RunError> {
         let (spec, dtype, weights) = (&sweep.spec, sweep.plan.dtype, &sweep.weights);
         Ok(match sweep.plan.mode {
-            Mode::Inference => Model::Infer(Runner::load(spec, dtype, weights, accel, probe)?),
+            Mode::Inference => Model::Infer(Runner::load(
+                spec,
+                dtype,
+                weights,
+                sweep.plan.engine,
+                sweep.plan.knobs(),
+                accel,
+                probe,
+            )?),
             Mode::Train => Model::Train(TrainRunner::load(
                 spec,
                 dtype,
@@ -208,15 +216,10 @@ impl Session<'_> {
                 message: format!("not run: {why}"),
             });
         }
-        let spec = &self.sweep.spec;
-        let limit = cuda_element_limit_context(spec, w.batch);
+        let (limit, why) = self.sweep.cuda_limit_context(w.batch);
         (self.probes.backend == Backend::Cuda && w.context > limit).then(|| PhaseFailure {
             oom: false,
-            message: format!(
-                "not run: batch {} x {} heads x context {}^2 attention scores exceed the 2^32 \
-                 elements candle 0.11's CUDA kernels can address (largest context here: {limit})",
-                w.batch, spec.num_heads, w.context
-            ),
+            message: format!("not run: at context {}, {why}", w.context),
         })
     }
 
@@ -228,13 +231,7 @@ impl Session<'_> {
             ));
         };
         let sweep = self.sweep;
-        let est = estimate::estimate(
-            &sweep.spec,
-            sweep.plan.dtype,
-            ENGINE,
-            self.probes.backend,
-            w,
-        );
+        let est = sweep.estimate(self.probes.backend, w);
         let rec = self.recorder();
         let measured = match self.refused(w) {
             Some(failure) => {
@@ -351,7 +348,7 @@ pub(super) fn run_info(
         model_config: sweep.spec.source.clone(),
         params: sweep.spec.param_count(),
         dtype: plan.dtype.to_string(),
-        engine: ENGINE.as_str().into(),
+        engine: sweep.plan.engine.as_str().into(),
         device,
         weights: sweep.weights.describe(),
         grid: plan.grid.clone(),

@@ -201,11 +201,14 @@ pub struct QueryArgs {
     /// library sizes replace the defaults (an H100 with driver 580).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
-    /// Engine whose allocations are modelled: candle-eager (what `bench` runs),
-    /// transformers-eager (transformers' eager attention; alias hf-eager), transformers-sdpa
-    /// (transformers with SDPA: fused attention, preallocated KV cache; alias flash).
+    /// Engine whose allocations are modelled: candle-eager and candle-chunked (what `bench`
+    /// runs), transformers-eager (transformers' eager attention; alias hf-eager),
+    /// transformers-sdpa (transformers with SDPA: fused attention, preallocated KV cache;
+    /// alias flash).
     #[arg(long, default_value = "candle-eager")]
     pub engine: EngineProfile,
+    #[command(flatten)]
+    pub chunked: ChunkedArgs,
     /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
     #[arg(long, default_value = "none")]
     pub quant: crate::estimate::Quant,
@@ -233,6 +236,7 @@ impl QueryArgs {
             overheads,
             quant: self.quant,
             kv_dtype: self.kv_dtype,
+            knobs: self.chunked.knobs(),
         }
     }
 }
@@ -350,7 +354,7 @@ pub struct BenchArgs {
     pub max_position: Option<u64>,
     /// Continue the run in this directory: the same model, grid and settings (read from its
     /// run.json), measuring only the points it lacks.
-    #[arg(long, conflicts_with_all = ["model", "out", "batch", "context", "weights", "dtype", "device"])]
+    #[arg(long, conflicts_with_all = ["model", "out", "batch", "context", "weights", "dtype", "device", "engine", "prefill_chunk", "kv_capacity", "attention_block"])]
     pub resume: Option<PathBuf>,
     /// Fail (exit 1) if any point's |error| exceeds this ratio (0.02 = 2%), for the total
     /// peak or for the part above the weights.
@@ -361,6 +365,41 @@ pub struct BenchArgs {
     /// anything runs (exit 2), or `skip` them, recorded as `oom` predicted and not run.
     #[arg(long, default_value_t = OverMemory::Refuse)]
     pub over_memory: OverMemory,
+    /// Engine measured: candle-eager (candle-transformers' Llama) or candle-chunked
+    /// (preallocated KV cache, chunked prefill, attention in bounded blocks).
+    #[arg(long, default_value = "candle-eager")]
+    pub engine: EngineProfile,
+    #[command(flatten)]
+    pub chunked: ChunkedArgs,
+}
+
+/// The chunked engine's settings, shared by `bench`, `estimate` and `fit`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ChunkedArgs {
+    /// candle-chunked: tokens per prefill forward over the whole batch (each sequence gets
+    /// prefill-chunk / batch positions, at least 1) [default: 2048].
+    #[arg(long)]
+    pub prefill_chunk: Option<u64>,
+    /// candle-chunked: KV cache positions per sequence [default: the context plus the
+    /// decode steps].
+    #[arg(long)]
+    pub kv_capacity: Option<u64>,
+    /// candle-chunked: most f32 elements of one attention score block [default: 67108864,
+    /// 256 MiB].
+    #[arg(long)]
+    pub attention_block: Option<u64>,
+}
+
+impl ChunkedArgs {
+    /// The settings, defaults where not given.
+    pub fn knobs(&self) -> crate::estimate::candle_chunked::Knobs {
+        let d = crate::estimate::candle_chunked::Knobs::default();
+        crate::estimate::candle_chunked::Knobs {
+            prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk).max(1),
+            kv_capacity: self.kv_capacity,
+            attention_block: self.attention_block.unwrap_or(d.attention_block).max(1),
+        }
+    }
 }
 
 impl BenchArgs {
@@ -398,6 +437,10 @@ impl BenchArgs {
             memory_limit: self.memory_limit,
             max_position: self.max_position,
             over_memory: self.over_memory,
+            engine: self.engine,
+            prefill_chunk: self.chunked.prefill_chunk,
+            kv_capacity: self.chunked.kv_capacity,
+            attention_block: self.chunked.attention_block,
         }
     }
 }

@@ -65,6 +65,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         w,
         a.q.quant,
         a.q.kv_dtype,
+        &a.q.chunked.knobs(),
     );
     let (overheads, overheads_source) = load_overheads(a.q.calibration.as_deref())?;
     let process = (backend == Backend::Cuda).then(|| {

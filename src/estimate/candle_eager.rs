@@ -32,25 +32,25 @@ const GEMM_MR: u64 = 16;
 const GEMM_PREPACK_MAX: u64 = 4096;
 
 /// Sizes of one model in one dtype, in bytes unless named `_elems`.
-struct Dims {
-    e: u64,
-    layers: u64,
-    hidden: u64,
-    q_width: u64,
-    kv_width: u64,
-    heads: u64,
-    kv_heads: u64,
-    head_dim: u64,
-    inter: u64,
-    vocab: u64,
-    weights: u64,
+pub(super) struct Dims {
+    pub(super) e: u64,
+    pub(super) layers: u64,
+    pub(super) hidden: u64,
+    pub(super) q_width: u64,
+    pub(super) kv_width: u64,
+    pub(super) heads: u64,
+    pub(super) kv_heads: u64,
+    pub(super) head_dim: u64,
+    pub(super) inter: u64,
+    pub(super) vocab: u64,
+    pub(super) weights: u64,
     rope: u64,
-    half: bool,
+    pub(super) half: bool,
     cpu: bool,
 }
 
 impl Dims {
-    fn new(spec: &ModelSpec, dtype: DType, backend: Backend) -> Self {
+    pub(super) fn new(spec: &ModelSpec, dtype: DType, backend: Backend) -> Self {
         let e = dtype.size_in_bytes();
         Self {
             e,
@@ -71,7 +71,7 @@ impl Dims {
         }
     }
 
-    fn n_rep(&self) -> u64 {
+    pub(super) fn n_rep(&self) -> u64 {
         self.heads / self.kv_heads
     }
 
@@ -89,18 +89,35 @@ impl Dims {
     /// vary with the CPU, and the term is a few hundred KiB for the CPU default model. In bf16/f16 the CPU matmul also
     /// widens the whole input and weight storages to f32 and multiplies into an f32 buffer
     /// before narrowing (`CpuStorage::matmul`).
-    fn linear(&self, r: &mut Replay, out: Component, rows: u64, in_w: u64, out_w: u64) {
+    pub(super) fn linear(&self, r: &mut Replay, out: Component, rows: u64, in_w: u64, out_w: u64) {
         let out_elems = rows * out_w;
-        let mut transient = 0;
-        if self.cpu && self.half {
-            transient += (rows * in_w + in_w * out_w) * 4 + out_elems * 4;
-        }
-        if self.cpu && rows >= 2 && out_w <= GEMM_PREPACK_MAX {
-            transient += in_w.min(GEMM_KC) * out_w.next_multiple_of(GEMM_MR) * 4;
-        }
+        let transient =
+            self.matmul_transient((rows, in_w, out_w), out_elems, rows * in_w, in_w * out_w);
         r.alloc(MatmulWorkspace, transient);
         r.alloc(out, out_elems * self.e);
         r.free(MatmulWorkspace, transient);
+    }
+
+    /// The transient bytes of one CPU matmul of `(m, k) x (k, n)` (per batch) with
+    /// `out_elems` outputs, whose operands' storages hold `lhs_storage` and `rhs_storage`
+    /// elements: in bf16/f16 the f32 copies of both whole storages and of the result; for
+    /// two rows or more, gemm's packed block of the right operand when `n` fits two cache
+    /// blocks. Nothing on CUDA.
+    pub(super) fn matmul_transient(
+        &self,
+        (m, k, n): (u64, u64, u64),
+        out_elems: u64,
+        lhs_storage: u64,
+        rhs_storage: u64,
+    ) -> u64 {
+        let mut transient = 0;
+        if self.cpu && self.half {
+            transient += (lhs_storage + rhs_storage) * 4 + out_elems * 4;
+        }
+        if self.cpu && m >= 2 && n <= GEMM_PREPACK_MAX {
+            transient += k.min(GEMM_KC) * n.next_multiple_of(GEMM_MR) * 4;
+        }
+        transient
     }
 
     /// The attention of the last layer for `s` new tokens attending to `kv` positions, with

@@ -28,6 +28,8 @@ pub struct FitQuery<'a> {
     pub overheads: CudaOverheads,
     pub quant: Quant,
     pub kv_dtype: Option<KvDtype>,
+    /// The chunked engine's settings (the others ignore them).
+    pub knobs: super::candle_chunked::Knobs,
 }
 
 /// The answer for one GPU.
@@ -85,6 +87,7 @@ fn estimate_of(q: &FitQuery<'_>, w: Workload) -> Estimate {
         w,
         q.quant,
         q.kv_dtype,
+        &q.knobs,
     )
 }
 
@@ -270,6 +273,7 @@ mod tests {
             overheads: CudaOverheads::default(),
             quant: Quant::None,
             kv_dtype: None,
+            knobs: Default::default(),
         }
     }
 

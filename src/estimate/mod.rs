@@ -6,6 +6,7 @@
 //! one forward pass in the order that code makes them and reports the high-water mark,
 //! broken down into named [`Component`]s.
 
+pub mod candle_chunked;
 pub mod candle_eager;
 pub mod candle_train;
 pub mod cuda;
@@ -20,21 +21,28 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// The inference engine whose allocations are modelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineProfile {
     /// candle-transformers' llama without flash-attn, as [`candle_eager`] describes.
+    #[default]
     CandleEager,
+    /// vramprobe's serving-shaped Llama in candle: preallocated KV cache, chunked prefill,
+    /// attention in bounded blocks, as [`candle_chunked`] describes.
+    CandleChunked,
     /// Hugging Face transformers with SDPA (a fused attention, FlashAttention-like: no
     /// score buffer) and a preallocated KV cache ([`hf`]). Alias: `flash`.
+    #[serde(alias = "flash")]
     TransformersSdpa,
     /// Hugging Face transformers' eager attention ([`hf`]). Alias: `hf-eager`.
+    #[serde(alias = "hf-eager")]
     TransformersEager,
 }
 
 impl EngineProfile {
-    pub const ALL: [EngineProfile; 3] = [
+    pub const ALL: [EngineProfile; 4] = [
         EngineProfile::CandleEager,
+        EngineProfile::CandleChunked,
         EngineProfile::TransformersEager,
         EngineProfile::TransformersSdpa,
     ];
@@ -42,9 +50,23 @@ impl EngineProfile {
     pub const fn as_str(self) -> &'static str {
         match self {
             EngineProfile::CandleEager => "candle-eager",
+            EngineProfile::CandleChunked => "candle-chunked",
             EngineProfile::TransformersSdpa => "transformers-sdpa",
             EngineProfile::TransformersEager => "transformers-eager",
         }
+    }
+
+    /// The engines `bench` runs and measures (the others are estimated only).
+    pub const MEASURED: [EngineProfile; 2] =
+        [EngineProfile::CandleEager, EngineProfile::CandleChunked];
+
+    /// Whether `bench` can measure this engine.
+    pub fn is_measured(self) -> bool {
+        Self::MEASURED.contains(&self)
+    }
+
+    pub fn is_candle_eager(&self) -> bool {
+        *self == EngineProfile::CandleEager
     }
 
     /// The names these engines had before they said whose engine they model; still accepted.
@@ -68,7 +90,7 @@ impl std::str::FromStr for EngineProfile {
             })
             .ok_or_else(|| {
                 format!(
-                    "unknown engine \"{s}\" (candle-eager, transformers-eager, \
+                    "unknown engine \"{s}\" (candle-eager, candle-chunked, transformers-eager, \
                      transformers-sdpa; aliases hf-eager, flash)"
                 )
             })
@@ -429,8 +451,9 @@ pub fn estimate_quantized(
     workload: Workload,
     quant: Quant,
     kv_dtype: Option<KvDtype>,
+    knobs: &candle_chunked::Knobs,
 ) -> Estimate {
-    let mut e = estimate(spec, dtype, engine, backend, workload);
+    let mut e = estimate_with(spec, dtype, engine, backend, workload, knobs);
     let w = quantized_weights_bytes(spec, dtype, quant);
     let kv_e = kv_dtype.map_or(dtype.size_in_bytes(), KvDtype::bytes);
     for p in [&mut e.prefill, &mut e.decode] {
@@ -443,7 +466,8 @@ pub fn estimate_quantized(
     e
 }
 
-/// Estimate `workload` for `spec` in `dtype` on `engine` / `backend`.
+/// Estimate `workload` for `spec` in `dtype` on `engine` / `backend`, the chunked engine
+/// with its default settings.
 pub fn estimate(
     spec: &ModelSpec,
     dtype: DType,
@@ -451,7 +475,23 @@ pub fn estimate(
     backend: Backend,
     workload: Workload,
 ) -> Estimate {
+    estimate_with(spec, dtype, engine, backend, workload, &candle_chunked::Knobs::default())
+}
+
+/// [`estimate`] with the chunked engine's settings (the other engines ignore them).
+pub fn estimate_with(
+    spec: &ModelSpec,
+    dtype: DType,
+    engine: EngineProfile,
+    backend: Backend,
+    workload: Workload,
+    knobs: &candle_chunked::Knobs,
+) -> Estimate {
     let (prefill, decode) = match engine {
+        EngineProfile::CandleChunked => (
+            candle_chunked::prefill(spec, dtype, backend, workload, knobs),
+            candle_chunked::decode(spec, dtype, backend, workload, knobs),
+        ),
         EngineProfile::CandleEager => (
             candle_eager::prefill(spec, dtype, backend, workload),
             candle_eager::decode(spec, dtype, backend, workload),

@@ -284,6 +284,7 @@ fn quantized_weights_and_kv_dtype() {
         w,
         Quant::Int4,
         Some(KvDtype::Fp8),
+        &super::candle_chunked::Knobs::default(),
     );
     assert_eq!(q.kv_cache_bytes_per_token, 65_536);
     assert_eq!(

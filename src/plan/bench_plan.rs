@@ -5,6 +5,8 @@ use super::{
 };
 use crate::estimate::candle_train::LoraSetup;
 use crate::estimate::train::Target;
+use crate::estimate::candle_chunked::{Knobs, MIN_ATTENTION_BLOCK};
+use crate::estimate::EngineProfile;
 use crate::spec::DType;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,9 @@ pub const MEMORY_MARGIN_PERCENT: u64 = 10;
 pub const MEMORY_MARGIN_BYTES: u64 = 256 << 20;
 /// The LoRA targets unless asked otherwise: q and v, as PEFT's Llama default.
 pub const DEFAULT_LORA_TARGETS: [Target; 2] = [Target::Q, Target::V];
+/// The largest value of the chunked engine's settings (2^40: no sequence, chunk or block
+/// comes near it, and every product of them stays in a u64).
+pub const MAX_KNOB: u64 = 1 << 40;
 
 /// One sweep: everything that decides what is measured.
 ///
@@ -62,6 +67,19 @@ pub struct BenchPlan {
     /// Points whose estimate exceeds the memory available: refuse the sweep, or skip them.
     #[serde(default, skip_serializing_if = "OverMemory::is_refuse")]
     pub over_memory: OverMemory,
+    /// The engine measured; absent in run.json for candle-eager (runs made before there
+    /// was a choice).
+    #[serde(default, skip_serializing_if = "EngineProfile::is_candle_eager")]
+    pub engine: EngineProfile,
+    /// Tokens per prefill forward over the batch (candle-chunked only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_chunk: Option<u64>,
+    /// KV cache positions per sequence (candle-chunked only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_capacity: Option<u64>,
+    /// Most elements of one attention score block (candle-chunked only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_block: Option<u64>,
     #[serde(skip, default = "Grid::stored_beside")]
     pub grid: Grid,
 }
@@ -84,6 +102,10 @@ impl Default for BenchPlan {
             find_boundary: None,
             memory_limit: None,
             max_position: None,
+            engine: EngineProfile::CandleEager,
+            prefill_chunk: None,
+            kv_capacity: None,
+            attention_block: None,
         }
     }
 }
@@ -174,7 +196,69 @@ impl BenchPlan {
                 "must be at least 1",
             ));
         }
+        self.check_engine()
+    }
+
+    /// The engine and its settings.
+    fn check_engine(&self) -> Result<(), PlanError> {
+        if !self.engine.is_measured() {
+            return Err(PlanError::invalid(
+                Field::Engine,
+                self.engine.as_str(),
+                "is estimated only: bench measures candle-eager and candle-chunked",
+            ));
+        }
+        if self.engine == EngineProfile::CandleChunked && self.mode == Mode::Train {
+            return Err(PlanError::Needs {
+                field: Field::Engine,
+                needs: Need::Inference,
+            });
+        }
+        let knobs = [
+            (Field::PrefillChunk, self.prefill_chunk, 1),
+            (Field::KvCapacity, self.kv_capacity, 2),
+            (Field::AttentionBlock, self.attention_block, MIN_ATTENTION_BLOCK),
+        ];
+        for (field, value, min) in knobs {
+            let Some(v) = value else { continue };
+            if self.engine != EngineProfile::CandleChunked {
+                return Err(PlanError::Needs {
+                    field,
+                    needs: Need::Chunked,
+                });
+            }
+            if !(min..=MAX_KNOB).contains(&v) {
+                return Err(PlanError::invalid(
+                    field,
+                    v,
+                    format!("must be between {min} and {MAX_KNOB}"),
+                ));
+            }
+        }
+        if let Some(cap) = self.kv_capacity {
+            let need = self.grid.contexts.iter().max().copied().unwrap_or(0)
+                + self.grid.decode_steps.max(1);
+            if cap < need {
+                return Err(PlanError::invalid(
+                    Field::KvCapacity,
+                    cap,
+                    format!(
+                        "must hold the longest context and its decode steps ({need} positions)"
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The chunked engine's settings (defaults where not given).
+    pub fn knobs(&self) -> Knobs {
+        let d = Knobs::default();
+        Knobs {
+            prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
+            kv_capacity: self.kv_capacity,
+            attention_block: self.attention_block.unwrap_or(d.attention_block),
+        }
     }
 
     /// The workloads this plan measures on `spec` ([`Grid::workloads_for`] its mode).
@@ -239,6 +323,18 @@ impl BenchPlan {
         }
         if !self.over_memory.is_refuse() {
             a.push(format!("--over-memory={}", self.over_memory));
+        }
+        if !self.engine.is_candle_eager() {
+            a.push(format!("--engine={}", self.engine.as_str()));
+        }
+        for (flag, v) in [
+            ("prefill-chunk", self.prefill_chunk),
+            ("kv-capacity", self.kv_capacity),
+            ("attention-block", self.attention_block),
+        ] {
+            if let Some(v) = v {
+                a.push(format!("--{flag}={v}"));
+            }
         }
         a
     }

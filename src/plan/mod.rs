@@ -39,6 +39,10 @@ pub enum Field {
     FindBoundary,
     MemoryLimit,
     MaxPosition,
+    Engine,
+    PrefillChunk,
+    KvCapacity,
+    AttentionBlock,
 }
 
 impl Field {
@@ -59,6 +63,10 @@ impl Field {
             Field::FindBoundary => "find_boundary",
             Field::MemoryLimit => "memory_limit",
             Field::MaxPosition => "max_position",
+            Field::Engine => "engine",
+            Field::PrefillChunk => "prefill_chunk",
+            Field::KvCapacity => "kv_capacity",
+            Field::AttentionBlock => "attention_block",
         }
     }
 
@@ -81,6 +89,8 @@ pub enum Need {
     HubModel,
     /// LoRA adapters (a rank).
     LoraRank,
+    /// The chunked engine.
+    Chunked,
 }
 
 impl Need {
@@ -92,6 +102,7 @@ impl Need {
             Need::Gpu => "a GPU (--device cuda): on the CPU an allocation failure aborts the process instead of failing one point",
             Need::HubModel => "--model to be a Hugging Face model id (owner/name)",
             Need::LoraRank => "--lora-rank",
+            Need::Chunked => "--engine candle-chunked",
         }
     }
 
@@ -103,6 +114,7 @@ impl Need {
             Need::Gpu => "\"device\": \"cuda\"",
             Need::HubModel => "a Hugging Face model id in \"model\"",
             Need::LoraRank => "lora_rank",
+            Need::Chunked => "\"engine\": \"candle-chunked\"",
         }
     }
 }

@@ -6,9 +6,11 @@
 //! [`MemoryProbe`].
 
 pub mod checkpoint;
+pub mod chunked;
 pub mod train;
 
-use crate::estimate::Workload;
+use crate::estimate::candle_chunked::Knobs;
+use crate::estimate::{EngineProfile, Workload};
 use crate::probe::MemoryProbe;
 use crate::spec::{DType, ModelSpec, TensorSpec};
 use candle_core::{Device, Tensor};
@@ -262,10 +264,23 @@ fn create_gemm_slabs() {
     gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow()));
 }
 
+/// The forward pass a [`Runner`] measures.
+enum Engine {
+    /// candle-transformers' Llama (`candle-eager`), with its config.
+    Eager(Box<Llama>, Config),
+    /// vramprobe's serving-shaped Llama (`candle-chunked`).
+    Chunked(chunked::ChunkedLlama),
+}
+
+/// One point's cache: candle-transformers' `Cache` or the preallocated one.
+enum PointCache {
+    Eager(Cache),
+    Chunked(chunked::KvCache),
+}
+
 /// A loaded model ready to be measured.
 pub struct Runner {
-    model: Llama,
-    config: Config,
+    engine: Engine,
     spec: ModelSpec,
     dtype: candle_core::DType,
     device: Device,
@@ -283,6 +298,25 @@ fn candle_dtype(d: DType) -> candle_core::DType {
         DType::F16 => candle_core::DType::F16,
         DType::BF16 => candle_core::DType::BF16,
     }
+}
+
+/// Why the chunked engine cannot run a spec, if it cannot: it has no projection biases
+/// (it takes `head_dim` from the config, so any head size works).
+///
+/// # Errors
+/// [`RunError::Unsupported`] for biases.
+pub fn check_chunked(spec: &ModelSpec) -> Result<(), RunError> {
+    if spec.qkv_bias || spec.o_bias || spec.mlp_bias {
+        return Err(RunError::Unsupported {
+            path: spec.source.clone(),
+            reason: format!(
+                "model_type \"{}\" with projection biases cannot be run by candle-chunked \
+                 (it can still be estimated)",
+                spec.model_type
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The candle-transformers config for a spec, or why candle cannot run it.
@@ -450,19 +484,40 @@ fn read_header(path: &Path) -> Result<Vec<checkpoint::Entry>, RunError> {
 }
 
 impl Runner {
-    /// Build the model on `accel`'s device and measure what its weights occupy (with `probe`).
+    /// Build the model for `engine` (`candle-eager` or `candle-chunked`, the latter with
+    /// `knobs`) on `accel`'s device and measure what its weights occupy (with `probe`).
     ///
     /// # Errors
-    /// [`RunError::Unsupported`] for configs candle's llama cannot run; for local weights
-    /// [`RunError::NoWeights`] and [`RunError::BadTensor`]; [`RunError::Candle`] otherwise.
+    /// [`RunError::Unsupported`] for configs the engine cannot run and engines `bench`
+    /// does not measure; for local weights [`RunError::NoWeights`] and
+    /// [`RunError::BadTensor`]; [`RunError::Candle`] otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         spec: &ModelSpec,
         dtype: DType,
         weights: &WeightsSource,
+        engine: EngineProfile,
+        knobs: Knobs,
         accel: std::sync::Arc<Accel>,
         probe: &dyn MemoryProbe,
     ) -> Result<Self, RunError> {
-        let config = candle_config(spec)?;
+        let config = match engine {
+            EngineProfile::CandleEager => Some(candle_config(spec)?),
+            EngineProfile::CandleChunked => {
+                check_chunked(spec)?;
+                None
+            }
+            other => {
+                return Err(RunError::Unsupported {
+                    path: spec.source.clone(),
+                    reason: format!(
+                        "engine {} is estimated only; bench measures candle-eager and \
+                         candle-chunked",
+                        other.as_str()
+                    ),
+                })
+            }
+        };
         let device = accel.device.clone();
         let cdt = candle_dtype(dtype);
         if let WeightsSource::Synthetic { seed } = weights {
@@ -482,13 +537,15 @@ impl Runner {
             WeightsSource::Local(dir) => local_tensors(spec, dir, cdt, &device)?,
         };
         let vb = VarBuilder::from_tensors(tensors, cdt, &device);
-        let model = Llama::load(vb, &config)?;
+        let engine = match config {
+            Some(config) => Engine::Eager(Box::new(Llama::load(vb, &config)?), config),
+            None => Engine::Chunked(chunked::ChunkedLlama::load(vb, spec, knobs)?),
+        };
         // The f32 staging tensors of synthetic weights are freed; give their space back.
         accel.settle();
         let weights_bytes = probe.current_bytes().saturating_sub(baseline_bytes);
         let mut runner = Runner {
-            model,
-            config,
+            engine,
             spec: spec.clone(),
             dtype: cdt,
             device,
@@ -500,18 +557,61 @@ impl Runner {
         Ok(runner)
     }
 
+    /// A fresh cache for a point of `batch` sequences and `capacity` positions (the
+    /// chunked engine's; candle-transformers' grows).
+    fn new_cache(&self, batch: usize, capacity: usize) -> Result<PointCache, RunError> {
+        Ok(match &self.engine {
+            Engine::Eager(_, config) => {
+                PointCache::Eager(Cache::new(true, self.dtype, config, &self.device)?)
+            }
+            Engine::Chunked(m) => PointCache::Chunked(m.new_cache(batch, capacity)?),
+        })
+    }
+
+    /// The prefill of `batch` prompts of `len` tokens; the last position's logits.
+    fn prefill(&self, cache: &mut PointCache, batch: usize, len: usize) -> Result<Tensor, RunError> {
+        Ok(match (&self.engine, cache) {
+            (Engine::Eager(m, _), PointCache::Eager(c)) => {
+                let tokens = self.tokens(batch, len, 0)?;
+                m.forward(&tokens, 0, c)?
+            }
+            (Engine::Chunked(m), PointCache::Chunked(c)) => {
+                m.prefill(c, batch, len, |b, n, o| self.token_ids(b, n, o))?
+            }
+            _ => return Err(RunError::Device("a cache of another engine".into())),
+        })
+    }
+
+    /// One decode step at position `pos`; the logits.
+    fn step(&self, cache: &mut PointCache, batch: usize, pos: usize) -> Result<Tensor, RunError> {
+        let next = self.tokens(batch, 1, pos)?;
+        Ok(match (&self.engine, cache) {
+            (Engine::Eager(m, _), PointCache::Eager(c)) => m.forward(&next, pos, c)?,
+            (Engine::Chunked(m), PointCache::Chunked(c)) => m
+                .forward(&next, pos, c, true)?
+                .ok_or_else(|| RunError::Device("no logits".into()))?,
+            _ => return Err(RunError::Device("a cache of another engine".into())),
+        })
+    }
+
+    /// The capacity a point's cache gets (the chunked engine's settings decide).
+    fn capacity(&self, w: Workload) -> usize {
+        match &self.engine {
+            Engine::Chunked(m) => m.knobs.capacity(w) as usize,
+            Engine::Eager(..) => 0,
+        }
+    }
+
     /// One small prefill and decode step, so that one-off runtime buffers (rayon's pool,
     /// gemm's per-thread packing space) exist before anything is measured.
     fn warm_up(&mut self, probe: &dyn MemoryProbe) -> Result<(), RunError> {
         let before = probe.current_bytes();
         create_gemm_slabs();
         {
-            let mut cache = Cache::new(true, self.dtype, &self.config, &self.device)?;
             let s = 16.min(self.spec.max_position_embeddings as usize - 1);
-            let tokens = self.tokens(2, s, 0)?;
-            let _ = self.model.forward(&tokens, 0, &mut cache)?;
-            let next = self.tokens(2, 1, s)?;
-            let _ = self.model.forward(&next, s, &mut cache)?;
+            let mut cache = self.new_cache(2, s + 1)?;
+            let _ = self.prefill(&mut cache, 2, s)?;
+            let _ = self.step(&mut cache, 2, s)?;
         }
         self.accel.settle();
         self.warmup_residue_bytes = probe.current_bytes().saturating_sub(before);
@@ -520,11 +620,15 @@ impl Runner {
 
     /// Deterministic token ids, spread over the vocabulary.
     fn tokens(&self, batch: usize, len: usize, offset: usize) -> Result<Tensor, RunError> {
+        Ok(self.token_ids(batch, len, offset)?)
+    }
+
+    fn token_ids(&self, batch: usize, len: usize, offset: usize) -> candle_core::Result<Tensor> {
         let vocab = self.spec.vocab_size as usize;
         let ids: Vec<u32> = (0..batch * len)
             .map(|i| ((offset + i) * 7919 % vocab) as u32)
             .collect();
-        Ok(Tensor::from_vec(ids, (batch, len), &self.device)?)
+        Tensor::from_vec(ids, (batch, len), &self.device)
     }
 
     /// Measure one point: a prefill of `context` tokens for `batch` sequences with a fresh
@@ -561,11 +665,26 @@ impl Runner {
         for p in probes {
             p.reset_peak();
         }
-        let mut cache = Cache::new(true, self.dtype, &self.config, &self.device)?;
         let t0 = Instant::now();
+        let mut cache = match self.new_cache(b, self.capacity(w)) {
+            Ok(c) => Some(c),
+            Err(RunError::Candle(e)) => {
+                let f = failure(e)?;
+                self.accel.settle();
+                let not_run = PhaseFailure {
+                    oom: f.oom,
+                    message: format!("not run: the prefill failed ({})", f.message),
+                };
+                return Ok(PointMeasurement {
+                    prefill: Err(f),
+                    decode: Err(not_run),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let prefill = (|| {
-            let tokens = self.tokens(b, s, 0)?;
-            let logits = self.model.forward(&tokens, 0, &mut cache)?;
+            let c = cache.as_mut().ok_or_else(|| RunError::Device("no cache".into()))?;
+            let logits = self.prefill(c, b, s)?;
             self.device.synchronize()?;
             drop(logits);
             Ok::<_, RunError>(())
@@ -599,8 +718,8 @@ impl Runner {
         let decode = (|| {
             for i in 0..steps {
                 let t = Instant::now();
-                let next = self.tokens(b, 1, s + i)?;
-                let logits = self.model.forward(&next, s + i, &mut cache)?;
+                let c = cache.as_mut().ok_or_else(|| RunError::Device("no cache".into()))?;
+                let logits = self.step(c, b, s + i)?;
                 self.device.synchronize()?;
                 decode_secs += t.elapsed().as_secs_f64();
                 drop(logits);

@@ -1,0 +1,453 @@
+//! The `candle-chunked` profile: vramprobe's own serving-shaped Llama forward in candle
+//! (`runner::chunked`), replayed allocation by allocation.
+//!
+//! What the engine does, and so what this replay follows:
+//!
+//! - The KV cache is **preallocated**: every layer's K and V, `(batch, kv_heads, capacity,
+//!   head_dim)`, zeroed when the point starts, and written in place (`slice_set`); the
+//!   capacity is the prompt plus the decode steps unless `--kv-capacity` says more. No copy
+//!   of K or V is ever made for the attention: query heads are grouped over their KV head.
+//! - **Chunked prefill**: the prompt goes through the model in forwards of at most
+//!   `prefill_chunk` tokens over the whole batch (`prefill_chunk / batch` positions per
+//!   sequence, at least one), as vLLM's `max_num_batched_tokens` and llama.cpp's `n_ubatch`
+//!   bound the activations. Each chunk attends to the cache filled so far.
+//! - **Attention in blocks** ([`attention_blocks`]): the scores of a block of queries
+//!   against every key so far never exceed `attention_block` elements (f32); the block's
+//!   output is written into the chunk's output. So no tensor approaches candle's 2^32-element
+//!   limit and the transient is bounded whatever the context.
+//! - Logits for the last position only, of the last chunk.
+//!
+//! Every layer of a chunk is the same (the cache is resident from the start), so one layer
+//! is replayed per chunk; every chunk is replayed, because the attention grows and the last
+//! chunk may be shorter.
+
+use super::candle_eager::Dims;
+use super::{Backend, Breakdown, Component, Replay, Workload};
+use crate::spec::{DType, ModelSpec};
+use serde::{Deserialize, Serialize};
+
+use Component::*;
+
+/// Tokens per prefill forward over the whole batch unless asked otherwise (vLLM's
+/// `max_num_batched_tokens` default for chunked prefill, llama.cpp's `n_batch`).
+pub const DEFAULT_PREFILL_CHUNK: u64 = 2048;
+/// Elements of one attention score block unless asked otherwise: 2^26, 256 MiB in f32.
+pub const DEFAULT_ATTENTION_BLOCK: u64 = 1 << 26;
+/// Smallest accepted score block (one row of a 4K context for 32 heads would not fit below).
+pub const MIN_ATTENTION_BLOCK: u64 = 1 << 12;
+
+/// The engine's settings: what decides its memory besides the model and the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Knobs {
+    /// Tokens per prefill forward, over the whole batch.
+    pub prefill_chunk: u64,
+    /// Positions the KV cache holds per sequence; None: the prompt plus the decode steps.
+    pub kv_capacity: Option<u64>,
+    /// Most elements of one attention score block.
+    pub attention_block: u64,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            kv_capacity: None,
+            attention_block: DEFAULT_ATTENTION_BLOCK,
+        }
+    }
+}
+
+impl Knobs {
+    /// Positions per sequence in one prefill forward.
+    pub fn chunk_len(&self, batch: u64) -> u64 {
+        (self.prefill_chunk / batch.max(1)).max(1)
+    }
+
+    /// Positions the cache holds for `w`: the prompt and its decode steps, or more when
+    /// `kv_capacity` says so.
+    pub fn capacity(&self, w: Workload) -> u64 {
+        let need = w.context + w.decode_steps.max(1);
+        self.kv_capacity.map_or(need, |c| c.max(need))
+    }
+}
+
+/// The prefill's chunks: `(first position, positions)` per forward.
+pub fn prefill_chunks(context: u64, chunk_len: u64) -> Vec<(u64, u64)> {
+    let step = chunk_len.max(1);
+    (0..context.div_ceil(step))
+        .map(|i| (i * step, step.min(context - i * step)))
+        .collect()
+}
+
+/// One block of the attention of a chunk: sequences `batch_start..+batch` and the chunk's
+/// queries `query_start..+queries`, against the keys `0..keys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub batch_start: u64,
+    pub batch: u64,
+    pub query_start: u64,
+    pub queries: u64,
+    pub keys: u64,
+}
+
+/// How the attention of a chunk of `queries` positions starting at `pos`, for `batch`
+/// sequences and `heads` query heads, is cut so that no score block holds more than
+/// `budget` elements: all sequences and as many query rows as fit against the chunk's
+/// last key; when one row of every sequence is already too much, one row of as many
+/// sequences as fit (at least one, so a single row of more than `budget` is one block).
+pub fn attention_blocks(batch: u64, heads: u64, queries: u64, pos: u64, budget: u64) -> Vec<Block> {
+    let per_row = heads * (pos + queries); // one query row of one sequence
+    let (bb, qb) = if batch * per_row <= budget {
+        (batch, (budget / (batch * per_row)).clamp(1, queries))
+    } else {
+        ((budget / per_row).clamp(1, batch), 1)
+    };
+    let mut out = Vec::new();
+    let mut b0 = 0;
+    while b0 < batch {
+        let nb = bb.min(batch - b0);
+        let mut q0 = 0;
+        while q0 < queries {
+            let nq = qb.min(queries - q0);
+            out.push(Block {
+                batch_start: b0,
+                batch: nb,
+                query_start: q0,
+                queries: nq,
+                keys: pos + q0 + nq,
+            });
+            q0 += nq;
+        }
+        b0 += nb;
+    }
+    out
+}
+
+/// Whether candle copies `(b, n, h, d).transpose(1, 2)` to make it contiguous: not when
+/// either swapped dimension is 1 (candle ignores the strides of size-1 dimensions).
+fn transpose_copies(n: u64, h: u64) -> bool {
+    n > 1 && h > 1
+}
+
+impl Dims {
+    /// A batched matmul `(batch, m, k) x (batch, k, n)` whose operands live in storages of
+    /// `lhs_storage` and `rhs_storage` elements (views of larger tensors widen whole).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        r: &mut Replay,
+        out: Component,
+        batch: u64,
+        (m, k, n): (u64, u64, u64),
+        lhs_storage: u64,
+        rhs_storage: u64,
+    ) {
+        let out_elems = batch * m * n;
+        let transient = self.matmul_transient((m, k, n), out_elems, lhs_storage, rhs_storage);
+        r.alloc(MatmulWorkspace, transient);
+        r.alloc(out, out_elems * self.e);
+        r.free(MatmulWorkspace, transient);
+    }
+
+    /// The kv cache of one layer, K or V, in elements.
+    fn cache_elems(&self, b: u64, capacity: u64) -> u64 {
+        b * self.kv_heads * capacity * self.head_dim
+    }
+
+    /// One block of the attention: the scores, the mask, the softmax and the output, which
+    /// is left allocated (it is written into the chunk's output, or is that output).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block(
+        &self,
+        r: &mut Replay,
+        blk: Block,
+        b: u64,
+        c: u64,
+        capacity: u64,
+        q_storage: u64,
+    ) -> u64 {
+        let e = self.e;
+        let (bb, qb, kv) = (blk.batch, blk.queries, blk.keys);
+        let n_rep = self.n_rep();
+        let rows = n_rep * qb;
+        // The query block: a view of q unless it is cut along the queries.
+        let q_copy = !(qb == c || bb * self.heads == 1);
+        let q_block = bb * self.heads * qb * self.head_dim;
+        let lhs_storage = if q_copy {
+            r.alloc(QkvProjections, q_block * e);
+            q_block
+        } else {
+            q_storage
+        };
+        let cache = self.cache_elems(b, capacity);
+        let n = bb * self.heads * qb * kv; // score elements
+        self.matmul(
+            r,
+            AttentionScores,
+            bb * self.kv_heads,
+            (rows, self.head_dim, kv),
+            lhs_storage,
+            cache,
+        );
+        if q_copy {
+            r.free(QkvProjections, q_block * e);
+        }
+        let mut live = n * e;
+        if self.half {
+            r.alloc(AttentionScores, n * 4);
+            r.free(AttentionScores, live);
+            live = n * 4;
+        }
+        if qb > 1 {
+            // mask = keys.broadcast_gt(query positions): u8, then where_cond into f32.
+            r.alloc(CausalMask, qb * 4); // the queries' positions
+            r.alloc(CausalMask, qb * kv);
+            r.free(CausalMask, qb * 4);
+            r.alloc(AttentionScores, n * 4);
+            r.free(AttentionScores, live);
+            r.free(CausalMask, qb * kv);
+            live = n * 4;
+        }
+        r.alloc(AttentionScores, n * 4); // softmax_last_dim
+        r.free(AttentionScores, live);
+        live = n * 4;
+        if self.half {
+            r.alloc(AttentionScores, n * e);
+            r.free(AttentionScores, live);
+            live = n * e;
+        }
+        let out = bb * self.heads * qb * self.head_dim;
+        self.matmul(
+            r,
+            AttentionOutput,
+            bb * self.kv_heads,
+            (rows, kv, self.head_dim),
+            n,
+            cache,
+        );
+        r.free(AttentionScores, live);
+        if transpose_copies(self.heads, qb) {
+            r.alloc(AttentionOutput, out * e);
+            r.free(AttentionOutput, out * e);
+        }
+        out * e
+    }
+
+    /// One decoder layer over a chunk of `c` positions at `pos`; the layer input is
+    /// resident on entry, the layer output on return (the input freed).
+    fn chunked_layer(&self, r: &mut Replay, b: u64, c: u64, pos: u64, k: &Knobs, capacity: u64) {
+        let e = self.e;
+        let rows = b * c;
+        let x = rows * self.hidden * e;
+        let q = rows * self.q_width * e;
+        let kv = rows * self.kv_width * e;
+        r.alloc(HiddenStates, x); // rms_norm
+        self.linear(r, QkvProjections, rows, self.hidden, self.q_width);
+        self.linear(r, QkvProjections, rows, self.hidden, self.kv_width);
+        self.linear(r, QkvProjections, rows, self.hidden, self.kv_width);
+        r.free(HiddenStates, x);
+        // q: heads first, rotary, scale.
+        if transpose_copies(c, self.heads) {
+            r.alloc(QkvProjections, q);
+            r.free(QkvProjections, q);
+        }
+        r.alloc(QkvProjections, q);
+        r.free(QkvProjections, q);
+        r.alloc(QkvProjections, q);
+        r.free(QkvProjections, q);
+        // k: heads first, rotary, written into the cache; v: heads first, written.
+        if transpose_copies(c, self.kv_heads) {
+            r.alloc(QkvProjections, kv);
+            r.free(QkvProjections, kv);
+        }
+        r.alloc(QkvProjections, kv);
+        r.free(QkvProjections, kv);
+        r.free(QkvProjections, kv);
+        if transpose_copies(c, self.kv_heads) {
+            r.alloc(QkvProjections, kv);
+            r.free(QkvProjections, kv);
+        }
+        r.free(QkvProjections, kv);
+        // Attention, block by block, into the chunk's output.
+        let blocks = attention_blocks(b, self.heads, c, pos, k.attention_block);
+        let q_storage = b * self.heads * c * self.head_dim;
+        if let [only] = blocks[..] {
+            let out = self.attention_block(r, only, b, c, capacity, q_storage);
+            r.free(QkvProjections, q);
+            debug_assert_eq!(out, q);
+        } else {
+            r.alloc(AttentionOutput, q); // zeros, written block by block
+            for blk in blocks {
+                let out = self.attention_block(r, blk, b, c, capacity, q_storage);
+                r.free(AttentionOutput, out);
+            }
+            r.free(QkvProjections, q);
+        }
+        self.linear(r, HiddenStates, rows, self.q_width, self.hidden); // o_proj
+        r.free(AttentionOutput, q);
+        r.alloc(HiddenStates, x); // x + o
+        r.free(HiddenStates, 2 * x);
+        // MLP
+        let m = rows * self.inter * e;
+        r.alloc(HiddenStates, x); // rms_norm
+        self.linear(r, Mlp, rows, self.hidden, self.inter); // gate
+        r.alloc(Mlp, m); // silu
+        r.free(Mlp, m);
+        self.linear(r, Mlp, rows, self.hidden, self.inter); // up
+        r.free(HiddenStates, x);
+        r.alloc(Mlp, m); // silu(gate) * up
+        r.free(Mlp, 2 * m);
+        self.linear(r, HiddenStates, rows, self.inter, self.hidden); // down
+        r.free(Mlp, m);
+        r.alloc(HiddenStates, x); // x + down
+        r.free(HiddenStates, 2 * x);
+    }
+
+    /// One forward of `c` positions at `pos`: token ids, the embedding, the layers, and the
+    /// last position's logits when `logits`; what it leaves (the logits) stays allocated.
+    #[allow(clippy::too_many_arguments)]
+    fn chunked_forward(
+        &self,
+        r: &mut Replay,
+        b: u64,
+        c: u64,
+        pos: u64,
+        k: &Knobs,
+        capacity: u64,
+        logits: bool,
+    ) {
+        let e = self.e;
+        r.alloc(HiddenStates, b * c * 4); // token ids
+        let keys = if c > 1 { (pos + c) * 4 } else { 0 };
+        r.alloc(CausalMask, keys); // key positions, for the masks of the chunk
+        r.alloc(HiddenStates, b * c * self.hidden * e); // embedding
+        self.chunked_layer(r, b, c, pos, k, capacity);
+        if logits {
+            let last_copy = c > 1 && b > 1;
+            let one = b * self.hidden * e;
+            if last_copy {
+                r.alloc(HiddenStates, one);
+            }
+            r.alloc(HiddenStates, one); // final norm
+            if last_copy {
+                r.free(HiddenStates, one);
+            }
+            self.linear(r, Logits, b, self.hidden, self.vocab);
+            r.free(HiddenStates, one);
+            if self.half {
+                r.alloc(Logits, b * self.vocab * 4);
+                r.free(Logits, b * self.vocab * e);
+            }
+        }
+        r.free(HiddenStates, b * c * self.hidden * e + b * c * 4);
+        r.free(CausalMask, keys);
+    }
+
+    /// What a point holds from its start: the rotary tables for `capacity` positions (built
+    /// in f32, then cast) and every layer's K and V cache.
+    fn chunked_resident(&self, r: &mut Replay, b: u64, capacity: u64) {
+        let table = capacity * (self.head_dim / 2);
+        for _ in 0..2 {
+            r.alloc(RopeTables, table * 4);
+            if self.half {
+                r.alloc(RopeTables, table * self.e);
+                r.free(RopeTables, table * 4);
+            }
+        }
+        r.alloc(
+            KvCache,
+            2 * self.layers * self.cache_elems(b, capacity) * self.e,
+        );
+    }
+}
+
+/// Peak of the chunked prefill of `batch x context` tokens, weights included.
+pub fn prefill(spec: &ModelSpec, dtype: DType, backend: Backend, w: Workload, k: &Knobs) -> Breakdown {
+    let d = Dims::new(spec, dtype, backend);
+    let capacity = k.capacity(w);
+    let b = w.batch;
+    let mut r = Replay::new();
+    r.alloc(Weights, d.weights);
+    d.chunked_resident(&mut r, b, capacity);
+    let chunks = prefill_chunks(w.context, k.chunk_len(b));
+    let last = chunks.len().saturating_sub(1);
+    for (i, &(pos, c)) in chunks.iter().enumerate() {
+        d.chunked_forward(&mut r, b, c, pos, k, capacity, i == last);
+        if i == last {
+            r.free(Logits, b * d.vocab * if d.half { 4 } else { d.e });
+        }
+    }
+    r.peak
+}
+
+/// Peak of the decode phase: the last of `decode_steps` single-token steps, with the cache
+/// (allocated for the whole sequence at the prefill) resident.
+pub fn decode(spec: &ModelSpec, dtype: DType, backend: Backend, w: Workload, k: &Knobs) -> Breakdown {
+    let d = Dims::new(spec, dtype, backend);
+    let capacity = k.capacity(w);
+    let pos = w.context + w.decode_steps.max(1) - 1;
+    let mut r = Replay::new();
+    r.alloc(Weights, d.weights);
+    d.chunked_resident(&mut r, w.batch, capacity);
+    d.chunked_forward(&mut r, w.batch, 1, pos, k, capacity, true);
+    r.peak
+}
+
+/// The largest tensor the engine makes for `w`, in elements: candle 0.11's CUDA kernels
+/// count elements in u32, so this must stay below 2^32 on CUDA.
+pub fn largest_tensor_elems(spec: &ModelSpec, w: Workload, k: &Knobs) -> u64 {
+    let c = k.chunk_len(w.batch).min(w.context.max(1));
+    let cache = w.batch * spec.num_kv_heads * k.capacity(w) * spec.head_dim;
+    let mlp = w.batch * c * spec.intermediate_size;
+    let block = attention_blocks(w.batch, spec.num_heads, c, w.context - c.min(w.context), k.attention_block)
+        .iter()
+        .map(|b| b.batch * spec.num_heads * b.queries * b.keys)
+        .max()
+        .unwrap_or(0);
+    cache.max(mlp).max(block).max(w.batch * spec.vocab_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_prompt_once() {
+        assert_eq!(prefill_chunks(5, 2), vec![(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(prefill_chunks(4, 8), vec![(0, 4)]);
+        let k = Knobs::default();
+        assert_eq!(k.chunk_len(4), 512);
+        assert_eq!(k.chunk_len(4096), 1);
+    }
+
+    /// Every query row of every sequence is in exactly one block, and no block holds more
+    /// than the budget unless it is a single row of one sequence.
+    #[test]
+    fn blocks_partition_the_scores_within_the_budget() {
+        for (b, h, c, pos, budget) in [
+            (1u64, 8u64, 2048u64, 0u64, 1u64 << 20),
+            (4, 32, 512, 130_000, 1 << 26),
+            (64, 32, 1, 131_071, 1 << 26),
+            (3, 8, 7, 5, 100),
+            (2, 8, 16, 0, 1 << 30),
+        ] {
+            let blocks = attention_blocks(b, h, c, pos, budget);
+            let mut seen = vec![0u32; (b * c) as usize];
+            for blk in &blocks {
+                let elems = blk.batch * h * blk.queries * blk.keys;
+                assert!(
+                    elems <= budget || (blk.batch == 1 && blk.queries == 1),
+                    "{blk:?} over {budget}"
+                );
+                assert_eq!(blk.keys, pos + blk.query_start + blk.queries);
+                for i in blk.batch_start..blk.batch_start + blk.batch {
+                    for q in blk.query_start..blk.query_start + blk.queries {
+                        seen[(i * c + q) as usize] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{b} {h} {c} {pos} {budget}");
+        }
+        assert_eq!(attention_blocks(2, 8, 16, 0, 1 << 30).len(), 1);
+    }
+}
