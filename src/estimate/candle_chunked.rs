@@ -33,6 +33,8 @@ use Component::*;
 pub const DEFAULT_PREFILL_CHUNK: u64 = 2048;
 /// Elements of one attention score block unless asked otherwise: 2^26, 256 MiB in f32.
 pub const DEFAULT_ATTENTION_BLOCK: u64 = 1 << 26;
+/// What one gemm call allocates on the CPU besides packing (see `gemm_call`).
+const GEMM_CALL_BYTES: u64 = 9 << 10;
 /// Smallest accepted score block (one row of a 4K context for 32 heads would not fit below).
 pub const MIN_ATTENTION_BLOCK: u64 = 1 << 12;
 
@@ -138,15 +140,48 @@ impl Dims {
         r: &mut Replay,
         out: Component,
         batch: u64,
-        (m, k, n): (u64, u64, u64),
+        (m, _k, n): (u64, u64, u64),
         lhs_storage: u64,
         rhs_storage: u64,
     ) {
         let out_elems = batch * m * n;
-        let transient = self.matmul_transient((m, k, n), out_elems, lhs_storage, rhs_storage);
+        let transient =
+            self.widen_transient(out_elems, lhs_storage, rhs_storage) + self.gemm_call(m);
         r.alloc(MatmulWorkspace, transient);
         r.alloc(out, out_elems * self.e);
         r.free(MatmulWorkspace, transient);
+    }
+
+    /// A linear layer as the chunked engine calls it: gemm's packed weight, and in
+    /// bf16/f16 on the CPU the f32 copies.
+    fn chunked_linear(&self, r: &mut Replay, out: Component, rows: u64, in_w: u64, out_w: u64) {
+        let out_elems = rows * out_w;
+        let transient = self.widen_transient(out_elems, rows * in_w, in_w * out_w)
+            + self.gemm_prepack(rows, in_w, out_w)
+            + self.gemm_call(rows);
+        r.alloc(MatmulWorkspace, transient);
+        r.alloc(out, out_elems * self.e);
+        r.free(MatmulWorkspace, transient);
+    }
+
+    /// What every gemm call allocates on the CPU besides packing: 9.1 to 9.5 KiB measured
+    /// for every shape, one row included (examples/mm_probe.rs).
+    fn gemm_call(&self, _rows: u64) -> u64 {
+        if self.cpu {
+            GEMM_CALL_BYTES
+        } else {
+            0
+        }
+    }
+
+    /// The f32 copies of a bf16/f16 CPU matmul: both operands' whole storages and the
+    /// result (candle's CPU matmul has no half-precision kernel).
+    fn widen_transient(&self, out_elems: u64, lhs_storage: u64, rhs_storage: u64) -> u64 {
+        if self.cpu && self.half {
+            (lhs_storage + rhs_storage) * 4 + out_elems * 4
+        } else {
+            0
+        }
     }
 
     /// The kv cache of one layer, K or V, in elements.
@@ -242,9 +277,9 @@ impl Dims {
         let q = rows * self.q_width * e;
         let kv = rows * self.kv_width * e;
         r.alloc(HiddenStates, x); // rms_norm
-        self.linear(r, QkvProjections, rows, self.hidden, self.q_width);
-        self.linear(r, QkvProjections, rows, self.hidden, self.kv_width);
-        self.linear(r, QkvProjections, rows, self.hidden, self.kv_width);
+        self.chunked_linear(r, QkvProjections, rows, self.hidden, self.q_width);
+        self.chunked_linear(r, QkvProjections, rows, self.hidden, self.kv_width);
+        self.chunked_linear(r, QkvProjections, rows, self.hidden, self.kv_width);
         r.free(HiddenStates, x);
         // q: heads first, rotary, scale.
         if transpose_copies(c, self.heads) {
@@ -283,21 +318,21 @@ impl Dims {
             }
             r.free(QkvProjections, q);
         }
-        self.linear(r, HiddenStates, rows, self.q_width, self.hidden); // o_proj
+        self.chunked_linear(r, HiddenStates, rows, self.q_width, self.hidden); // o_proj
         r.free(AttentionOutput, q);
         r.alloc(HiddenStates, x); // x + o
         r.free(HiddenStates, 2 * x);
         // MLP
         let m = rows * self.inter * e;
         r.alloc(HiddenStates, x); // rms_norm
-        self.linear(r, Mlp, rows, self.hidden, self.inter); // gate
+        self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // gate
         r.alloc(Mlp, m); // silu
         r.free(Mlp, m);
-        self.linear(r, Mlp, rows, self.hidden, self.inter); // up
+        self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // up
         r.free(HiddenStates, x);
         r.alloc(Mlp, m); // silu(gate) * up
         r.free(Mlp, 2 * m);
-        self.linear(r, HiddenStates, rows, self.inter, self.hidden); // down
+        self.chunked_linear(r, HiddenStates, rows, self.inter, self.hidden); // down
         r.free(Mlp, m);
         r.alloc(HiddenStates, x); // x + down
         r.free(HiddenStates, 2 * x);
@@ -332,7 +367,7 @@ impl Dims {
             if last_copy {
                 r.free(HiddenStates, one);
             }
-            self.linear(r, Logits, b, self.hidden, self.vocab);
+            self.chunked_linear(r, Logits, b, self.hidden, self.vocab);
             r.free(HiddenStates, one);
             if self.half {
                 r.alloc(Logits, b * self.vocab * 4);
@@ -362,7 +397,13 @@ impl Dims {
 }
 
 /// Peak of the chunked prefill of `batch x context` tokens, weights included.
-pub fn prefill(spec: &ModelSpec, dtype: DType, backend: Backend, w: Workload, k: &Knobs) -> Breakdown {
+pub fn prefill(
+    spec: &ModelSpec,
+    dtype: DType,
+    backend: Backend,
+    w: Workload,
+    k: &Knobs,
+) -> Breakdown {
     let d = Dims::new(spec, dtype, backend);
     let capacity = k.capacity(w);
     let b = w.batch;
@@ -382,7 +423,13 @@ pub fn prefill(spec: &ModelSpec, dtype: DType, backend: Backend, w: Workload, k:
 
 /// Peak of the decode phase: the last of `decode_steps` single-token steps, with the cache
 /// (allocated for the whole sequence at the prefill) resident.
-pub fn decode(spec: &ModelSpec, dtype: DType, backend: Backend, w: Workload, k: &Knobs) -> Breakdown {
+pub fn decode(
+    spec: &ModelSpec,
+    dtype: DType,
+    backend: Backend,
+    w: Workload,
+    k: &Knobs,
+) -> Breakdown {
     let d = Dims::new(spec, dtype, backend);
     let capacity = k.capacity(w);
     let pos = w.context + w.decode_steps.max(1) - 1;
@@ -399,11 +446,17 @@ pub fn largest_tensor_elems(spec: &ModelSpec, w: Workload, k: &Knobs) -> u64 {
     let c = k.chunk_len(w.batch).min(w.context.max(1));
     let cache = w.batch * spec.num_kv_heads * k.capacity(w) * spec.head_dim;
     let mlp = w.batch * c * spec.intermediate_size;
-    let block = attention_blocks(w.batch, spec.num_heads, c, w.context - c.min(w.context), k.attention_block)
-        .iter()
-        .map(|b| b.batch * spec.num_heads * b.queries * b.keys)
-        .max()
-        .unwrap_or(0);
+    let block = attention_blocks(
+        w.batch,
+        spec.num_heads,
+        c,
+        w.context - c.min(w.context),
+        k.attention_block,
+    )
+    .iter()
+    .map(|b| b.batch * spec.num_heads * b.queries * b.keys)
+    .max()
+    .unwrap_or(0);
     cache.max(mlp).max(block).max(w.batch * spec.vocab_size)
 }
 

@@ -30,6 +30,8 @@ const GEMM_KC: u64 = 256;
 const GEMM_MR: u64 = 16;
 /// Largest output width whose weight gemm prepacks per call (two cache blocks of rows).
 const GEMM_PREPACK_MAX: u64 = 4096;
+/// gemm's row block for large problems (`8 x MR`).
+const GEMM_ROW_BLOCK: u64 = 128;
 
 /// Sizes of one model in one dtype, in bytes unless named `_elems`.
 pub(super) struct Dims {
@@ -46,7 +48,7 @@ pub(super) struct Dims {
     pub(super) weights: u64,
     rope: u64,
     pub(super) half: bool,
-    cpu: bool,
+    pub(super) cpu: bool,
 }
 
 impl Dims {
@@ -96,6 +98,28 @@ impl Dims {
         r.alloc(MatmulWorkspace, transient);
         r.alloc(out, out_elems * self.e);
         r.free(MatmulWorkspace, transient);
+    }
+
+    /// gemm 0.19's packed copy of the weight in one CPU matmul of `rows x in` by `in x
+    /// out` (candle hands gemm the transposed problem, so the weight is gemm's left
+    /// operand, packed whole when its `out` rows fit two of gemm's row blocks): measured on
+    /// this project's x86 machines (examples/mm_probe.rs), where the block is capped at 128
+    /// rows for large problems, and the reduction block takes the whole `in` up to 1024.
+    pub(super) fn gemm_prepack(&self, rows: u64, in_w: u64, out_w: u64) -> u64 {
+        if !self.cpu || rows < 2 {
+            return 0;
+        }
+        let small = out_w <= 64 && rows <= 64;
+        let kc = if small {
+            in_w.min(512)
+        } else {
+            in_w.div_ceil(in_w.div_ceil(1024))
+        };
+        if small || out_w <= 2 * GEMM_ROW_BLOCK {
+            kc * out_w.next_multiple_of(GEMM_MR) * 4
+        } else {
+            0
+        }
     }
 
     /// The transient bytes of one CPU matmul of `(m, k) x (k, n)` (per batch) with

@@ -475,7 +475,14 @@ pub fn estimate(
     backend: Backend,
     workload: Workload,
 ) -> Estimate {
-    estimate_with(spec, dtype, engine, backend, workload, &candle_chunked::Knobs::default())
+    estimate_with(
+        spec,
+        dtype,
+        engine,
+        backend,
+        workload,
+        &candle_chunked::Knobs::default(),
+    )
 }
 
 /// [`estimate`] with the chunked engine's settings (the other engines ignore them).

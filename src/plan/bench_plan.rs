@@ -3,9 +3,9 @@
 use super::{
     DeviceChoice, Field, Grid, Mode, ModelRef, Need, OverMemory, PlanError, WeightsChoice,
 };
+use crate::estimate::candle_chunked::{Knobs, MIN_ATTENTION_BLOCK};
 use crate::estimate::candle_train::LoraSetup;
 use crate::estimate::train::Target;
-use crate::estimate::candle_chunked::{Knobs, MIN_ATTENTION_BLOCK};
 use crate::estimate::EngineProfile;
 use crate::spec::DType;
 use serde::{Deserialize, Serialize};
@@ -217,7 +217,11 @@ impl BenchPlan {
         let knobs = [
             (Field::PrefillChunk, self.prefill_chunk, 1),
             (Field::KvCapacity, self.kv_capacity, 2),
-            (Field::AttentionBlock, self.attention_block, MIN_ATTENTION_BLOCK),
+            (
+                Field::AttentionBlock,
+                self.attention_block,
+                MIN_ATTENTION_BLOCK,
+            ),
         ];
         for (field, value, min) in knobs {
             let Some(v) = value else { continue };

@@ -83,8 +83,8 @@ fn inv_freq(spec: &ModelSpec) -> Vec<f32> {
             } else if wavelen > low_wavelen {
                 freq / s.factor
             } else {
-                let smooth = (orig / wavelen - s.low_freq_factor)
-                    / (s.high_freq_factor - s.low_freq_factor);
+                let smooth =
+                    (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                 (1. - smooth) * freq / s.factor + smooth * freq
             }
         })
@@ -230,7 +230,15 @@ impl ChunkedLlama {
         };
         let mut x = self.embed.forward(ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.layer(layer, x, pos, &cache.k[l], &cache.v[l], cache, keys.as_ref())?;
+            x = self.layer(
+                layer,
+                x,
+                pos,
+                &cache.k[l],
+                &cache.v[l],
+                cache,
+                keys.as_ref(),
+            )?;
         }
         if !logits {
             return Ok(None);

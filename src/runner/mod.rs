@@ -569,7 +569,12 @@ impl Runner {
     }
 
     /// The prefill of `batch` prompts of `len` tokens; the last position's logits.
-    fn prefill(&self, cache: &mut PointCache, batch: usize, len: usize) -> Result<Tensor, RunError> {
+    fn prefill(
+        &self,
+        cache: &mut PointCache,
+        batch: usize,
+        len: usize,
+    ) -> Result<Tensor, RunError> {
         Ok(match (&self.engine, cache) {
             (Engine::Eager(m, _), PointCache::Eager(c)) => {
                 let tokens = self.tokens(batch, len, 0)?;
@@ -683,7 +688,9 @@ impl Runner {
             Err(e) => return Err(e),
         };
         let prefill = (|| {
-            let c = cache.as_mut().ok_or_else(|| RunError::Device("no cache".into()))?;
+            let c = cache
+                .as_mut()
+                .ok_or_else(|| RunError::Device("no cache".into()))?;
             let logits = self.prefill(c, b, s)?;
             self.device.synchronize()?;
             drop(logits);
@@ -718,7 +725,9 @@ impl Runner {
         let decode = (|| {
             for i in 0..steps {
                 let t = Instant::now();
-                let c = cache.as_mut().ok_or_else(|| RunError::Device("no cache".into()))?;
+                let c = cache
+                    .as_mut()
+                    .ok_or_else(|| RunError::Device("no cache".into()))?;
                 let logits = self.step(c, b, s + i)?;
                 self.device.synchronize()?;
                 decode_secs += t.elapsed().as_secs_f64();
