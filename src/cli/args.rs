@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Sweeps' mode, inference or train [default: bench's, inference].
     #[arg(long, env = "VRAMPROBE_BENCH_MODE")]
     pub bench_mode: Option<String>,
+    /// Sweeps' engine, candle-eager or candle-chunked [default: bench's, candle-eager].
+    #[arg(long, env = "VRAMPROBE_BENCH_ENGINE")]
+    pub bench_engine: Option<String>,
     /// Longest a client may take to send a request's headers (slow clients are cut off).
     #[arg(long, env = "VRAMPROBE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: std::time::Duration,

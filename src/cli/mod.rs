@@ -212,6 +212,13 @@ mod tests {
                 grid: Grid::default_for(Mode::Train),
                 ..BenchPlan::default()
             },
+            BenchPlan {
+                engine: crate::estimate::EngineProfile::CandleChunked,
+                prefill_chunk: Some(512),
+                kv_capacity: Some(8192),
+                attention_block: Some(1 << 20),
+                ..BenchPlan::default()
+            },
         ];
         for plan in plans {
             let mut argv = vec!["vramprobe".to_string()];

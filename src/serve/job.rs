@@ -42,6 +42,18 @@ pub struct BenchRequest {
     /// Training with LoRA: the projections (q, k, v, o, gate, up, down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora_targets: Option<Vec<String>>,
+    /// `candle-eager` (the default) or `candle-chunked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// candle-chunked: tokens per prefill forward over the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_chunk: Option<u64>,
+    /// candle-chunked: KV cache positions per sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_capacity: Option<u64>,
+    /// candle-chunked: most elements of one attention score block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_block: Option<u64>,
 }
 
 impl BenchRequest {
@@ -60,6 +72,10 @@ impl BenchRequest {
                 .lora_targets
                 .clone()
                 .or_else(|| defaults.lora_targets.clone()),
+            engine: self.engine.clone().or_else(|| defaults.engine.clone()),
+            prefill_chunk: self.prefill_chunk.or(defaults.prefill_chunk),
+            kv_capacity: self.kv_capacity.or(defaults.kv_capacity),
+            attention_block: self.attention_block.or(defaults.attention_block),
         }
     }
 
@@ -124,6 +140,13 @@ impl BenchRequest {
                 decode_steps: self.decode_steps.unwrap_or(defaults.grid.decode_steps),
             },
             weights: WeightsChoice::default_for(&ModelRef::of(self.model.as_deref())),
+            engine: match &self.engine {
+                Some(e) => parse(Field::Engine, e)?,
+                None => defaults.engine,
+            },
+            prefill_chunk: self.prefill_chunk,
+            kv_capacity: self.kv_capacity,
+            attention_block: self.attention_block,
             ..defaults
         };
         plan.check()?;
@@ -414,6 +437,43 @@ mod tests {
                 },
                 "dtype",
             ),
+            (
+                BenchRequest {
+                    engine: Some("transformers-sdpa".into()),
+                    ..Default::default()
+                },
+                "engine",
+            ),
+            (
+                BenchRequest {
+                    engine: Some("vllm".into()),
+                    ..Default::default()
+                },
+                "engine",
+            ),
+            (
+                BenchRequest {
+                    prefill_chunk: Some(512),
+                    ..Default::default()
+                },
+                "prefill_chunk",
+            ),
+            (
+                BenchRequest {
+                    engine: Some("candle-chunked".into()),
+                    attention_block: Some(1),
+                    ..Default::default()
+                },
+                "attention_block",
+            ),
+            (
+                BenchRequest {
+                    engine: Some("candle-chunked".into()),
+                    kv_capacity: Some(100),
+                    ..Default::default()
+                },
+                "kv_capacity",
+            ),
         ] {
             let e = bad.plan().expect_err("invalid").api_message();
             assert!(e.starts_with(&format!("{field}: ")), "{e}");
@@ -423,6 +483,14 @@ mod tests {
             batch: Some(vec![4]),
             ..Default::default()
         };
+        let c = BenchRequest {
+            engine: Some("candle-chunked".into()),
+            prefill_chunk: Some(64),
+            ..r.clone()
+        };
+        let p = c.plan().expect("valid");
+        assert_eq!(p.engine, crate::estimate::EngineProfile::CandleChunked);
+        assert_eq!(p.knobs().prefill_chunk, 64);
         let merged = r.or(&d);
         assert_eq!(merged.batch, Some(vec![1, 2]));
         assert_eq!(merged.dtype.as_deref(), Some("bf16"));

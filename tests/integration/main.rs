@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 mod bench;
+mod chunked;
 mod estimate;
 mod fuzz_regressions;
 mod gpu_reports;
