@@ -84,6 +84,35 @@ if [ -z "${SKIP_TINY:-}" ]; then
   pack
 fi
 
+# 3. The serving-shaped engine first (SKIP_CHUNKED=1 skips it): Llama-3.1-8B with
+# candle-chunked on the whole card, batch 1 up to 131072 tokens, then the out-of-memory
+# boundary at batch 1, 4 and 16 (the longest context that fits, to BOUNDARY_STEP tokens).
+if [ -z "${SKIP_CHUNKED:-}" ]; then
+  say "Llama-3.1-8B bf16 candle-chunked grid"
+  VRAMPROBE_LOG=info timeout "${CHUNKED_TIMEOUT:-200}" "$bin" bench --device cuda --dtype bf16 \
+    --engine candle-chunked --model models/llama-3.1-8b-instruct --weights synthetic \
+    --batch 1 --context "${CHUNKED_CONTEXTS:-1024,8192,32768,65536,131064}" --decode-steps 8 \
+    --out "$work/llama31-8b-chunked" >"$work/llama31-8b-chunked.txt" 2>>"$log"
+  say "chunked grid: rc $?"; tail -n 3 "$work/llama31-8b-chunked.txt" | tee -a "$log"
+  pack
+  say "Llama-3.1-8B bf16 candle-chunked boundary at batch 1, 4, 16"
+  VRAMPROBE_LOG=info timeout "${CHUNKED_BOUNDARY_TIMEOUT:-200}" "$bin" bench --device cuda \
+    --dtype bf16 --engine candle-chunked --model models/llama-3.1-8b-instruct \
+    --weights synthetic --batch 1,4,16 --context 8192,32768 --decode-steps 8 \
+    --find-boundary --boundary-step "${BOUNDARY_STEP:-2048}" \
+    --out "$work/llama31-8b-chunked-boundary" >"$work/llama31-8b-chunked-boundary.txt" 2>>"$log"
+  say "chunked boundary: rc $?"; tail -n 3 "$work/llama31-8b-chunked-boundary.txt" | tee -a "$log"
+  pack
+  if [ -z "${SKIP_TORCH:-}" ]; then
+    say "PyTorch SDPA at the same points (the peer for prefill speed)"
+    PYTHONUNBUFFERED=1 timeout "${TORCH_TIMEOUT:-150}" "$py" scripts/torch_reference.py \
+      --model models/llama-3.1-8b-instruct --batch 1 --context 1024,8192,32768 \
+      --decode-steps 8 --attn sdpa --out "$work/torch-chunked-peer.jsonl" >"$work/torch-chunked-peer.txt" 2>&1
+    say "torch peer: rc $?"; tail -n 3 "$work/torch-chunked-peer.txt" | tee -a "$log"
+    pack
+  fi
+fi
+
 # 3a. Llama-3-8B BF16, synthetic weights: the grid on the whole card.
 say "Llama-3-8B bf16 synthetic grid"
 VRAMPROBE_LOG=info timeout "${LLAMA_TIMEOUT:-150}" "$bin" bench --device cuda --dtype bf16 \

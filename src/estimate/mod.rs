@@ -443,6 +443,7 @@ pub fn quantized_weights_bytes(spec: &ModelSpec, dtype: DType, quant: Quant) -> 
 /// weights and the resident KV cache are then replaced by their quantized sizes, which
 /// shifts every moment of the replay by the same amount for the weights and scales the
 /// cache that is resident at the peak.
+#[allow(clippy::too_many_arguments)]
 pub fn estimate_quantized(
     spec: &ModelSpec,
     dtype: DType,
