@@ -1,5 +1,6 @@
 //! How fast the estimator answers: one estimate (target < 1 us) and a full fit table, every
-//! GPU of the catalogue x 6 batch sizes x 8 contexts (target < 10 ms).
+//! GPU of the catalogue x 6 batch sizes x 8 contexts (target < 10 ms); the chunked engine's
+//! replay of Llama-3.1-8B at 131,064 tokens (64 chunks; target < 1 ms).
 //!
 //!   cargo bench --bench estimate
 
@@ -42,6 +43,26 @@ fn benches(c: &mut Criterion) {
     };
     let batches = [1u64, 2, 4, 8, 16, 32];
     let contexts = [128u64, 256, 512, 1024, 2048, 4096, 6144, 8184];
+    let long = ModelSpec::from_path(Path::new("models/llama-3.1-8b-instruct")).expect("config");
+    let w_long = Workload {
+        batch: 1,
+        context: 131_064,
+        decode_steps: 8,
+    };
+    c.bench_function(
+        "one estimate, candle-chunked (Llama-3.1-8B, bf16, batch 1 x 131064)",
+        |b| {
+            b.iter(|| {
+                estimate(
+                    black_box(&long),
+                    DType::BF16,
+                    EngineProfile::CandleChunked,
+                    Backend::Cuda,
+                    black_box(w_long),
+                )
+            })
+        },
+    );
     c.bench_function("fit table (16 GPUs x 6 batches x 8 contexts)", |b| {
         b.iter(|| {
             let mut fits = 0u32;

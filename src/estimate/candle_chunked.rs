@@ -98,12 +98,7 @@ pub struct Block {
 /// last key; when one row of every sequence is already too much, one row of as many
 /// sequences as fit (at least one, so a single row of more than `budget` is one block).
 pub fn attention_blocks(batch: u64, heads: u64, queries: u64, pos: u64, budget: u64) -> Vec<Block> {
-    let per_row = heads * (pos + queries); // one query row of one sequence
-    let (bb, qb) = if batch * per_row <= budget {
-        (batch, (budget / (batch * per_row)).clamp(1, queries))
-    } else {
-        ((budget / per_row).clamp(1, batch), 1)
-    };
+    let (bb, qb) = block_shape(batch, heads, queries, pos, budget);
     let mut out = Vec::new();
     let mut b0 = 0;
     while b0 < batch {
@@ -123,6 +118,16 @@ pub fn attention_blocks(batch: u64, heads: u64, queries: u64, pos: u64, budget: 
         b0 += nb;
     }
     out
+}
+
+/// The sequences and queries of a full block of [`attention_blocks`].
+pub fn block_shape(batch: u64, heads: u64, queries: u64, pos: u64, budget: u64) -> (u64, u64) {
+    let per_row = heads * (pos + queries); // one query row of one sequence
+    if batch * per_row <= budget {
+        (batch, (budget / (batch * per_row)).clamp(1, queries))
+    } else {
+        ((budget / per_row).clamp(1, batch), 1)
+    }
 }
 
 /// Whether candle copies `(b, n, h, d).transpose(1, 2)` to make it contiguous: not when
@@ -312,8 +317,8 @@ impl Dims {
             debug_assert_eq!(out, q);
         } else {
             r.alloc(AttentionOutput, q); // zeros, written block by block
-            for blk in blocks {
-                let out = self.attention_block(r, blk, b, c, capacity, q_storage);
+            for blk in representatives(&blocks, |b| (b.batch, b.queries), self.exhaustive) {
+                let out = self.attention_block(r, *blk, b, c, capacity, q_storage);
                 r.free(AttentionOutput, out);
             }
             r.free(QkvProjections, q);
@@ -396,6 +401,34 @@ impl Dims {
     }
 }
 
+/// The items worth replaying: every item of the sequence, or (unless `exhaustive`) only
+/// the last of each shape. Chunks and blocks of one shape differ only by how many keys they
+/// attend to, which grows along the sequence, and each returns the replay to the state it
+/// found; so the last of each shape holds the peak of all of them. A chunk's shape is its
+/// length and its blocks' shape (the blocks hold fewer queries as the keys grow, so an
+/// earlier chunk can have the larger block): the replay is O(distinct shapes), not
+/// O(context^2 / block).
+fn representatives<T, K: PartialEq>(
+    items: &[T],
+    shape: impl Fn(&T) -> K,
+    exhaustive: bool,
+) -> Vec<&T> {
+    if exhaustive {
+        return items.iter().collect();
+    }
+    let mut seen: Vec<K> = Vec::new();
+    let mut kept: Vec<&T> = Vec::new();
+    for t in items.iter().rev() {
+        let k = shape(t);
+        if !seen.contains(&k) {
+            seen.push(k);
+            kept.push(t);
+        }
+    }
+    kept.reverse();
+    kept
+}
+
 /// Peak of the chunked prefill of `batch x context` tokens, weights included.
 pub fn prefill(
     spec: &ModelSpec,
@@ -404,17 +437,34 @@ pub fn prefill(
     w: Workload,
     k: &Knobs,
 ) -> Breakdown {
-    let d = Dims::new(spec, dtype, backend);
+    prefill_replay(spec, dtype, backend, w, k, false)
+}
+
+/// [`prefill`], replaying every chunk and block when `exhaustive` (what the fast replay is
+/// tested against).
+fn prefill_replay(
+    spec: &ModelSpec,
+    dtype: DType,
+    backend: Backend,
+    w: Workload,
+    k: &Knobs,
+    exhaustive: bool,
+) -> Breakdown {
+    let mut d = Dims::new(spec, dtype, backend);
+    d.exhaustive = exhaustive;
     let capacity = k.capacity(w);
     let b = w.batch;
     let mut r = Replay::new();
     r.alloc(Weights, d.weights);
     d.chunked_resident(&mut r, b, capacity);
     let chunks = prefill_chunks(w.context, k.chunk_len(b));
-    let last = chunks.len().saturating_sub(1);
-    for (i, &(pos, c)) in chunks.iter().enumerate() {
-        d.chunked_forward(&mut r, b, c, pos, k, capacity, i == last);
-        if i == last {
+    let last = chunks.last().copied();
+    // Chunks of one length and one block shape differ only by their position.
+    let shape = |&(pos, c): &(u64, u64)| (c, block_shape(b, d.heads, c, pos, k.attention_block));
+    for &(pos, c) in representatives(&chunks, shape, d.exhaustive) {
+        let is_last = Some((pos, c)) == last;
+        d.chunked_forward(&mut r, b, c, pos, k, capacity, is_last);
+        if is_last {
             r.free(Logits, b * d.vocab * if d.half { 4 } else { d.e });
         }
     }
@@ -502,5 +552,61 @@ mod tests {
             assert!(seen.iter().all(|&n| n == 1), "{b} {h} {c} {pos} {budget}");
         }
         assert_eq!(attention_blocks(2, 8, 16, 0, 1 << 30).len(), 1);
+    }
+
+    /// Replaying only the last chunk and block of each shape gives the peak of replaying
+    /// them all, breakdown included.
+    #[test]
+    fn the_short_replay_finds_the_same_peak() {
+        let spec = ModelSpec::from_json_str(
+            crate::TINY_CONFIG,
+            std::path::Path::new(crate::TINY_CONFIG_PATH),
+        )
+        .expect("tiny config")
+        .with_max_position(1 << 14)
+        .expect("positions");
+        for (batch, context, chunk, block) in [
+            (1u64, 1000u64, 256u64, 1u64 << 14),
+            (4, 777, 100, 5000),
+            (3, 4096, 2048, 1 << 26),
+            (16, 300, 64, 4096),
+            (2, 5000, 333, 70_000),
+            (1, 16_000, 2048, 1 << 20),
+            (2, 12_000, 1024, 300_000),
+        ] {
+            let w = Workload {
+                batch,
+                context,
+                decode_steps: 3,
+            };
+            let k = Knobs {
+                prefill_chunk: chunk,
+                kv_capacity: None,
+                attention_block: block,
+            };
+            for (dtype, backend) in [(DType::F32, Backend::Cpu), (DType::BF16, Backend::Cuda)] {
+                assert_eq!(
+                    prefill_replay(&spec, dtype, backend, w, &k, false),
+                    prefill_replay(&spec, dtype, backend, w, &k, true),
+                    "{w:?} {k:?} {dtype:?}"
+                );
+            }
+        }
+        // Llama-3.1-8B at long context (32 heads, the default block): the case `fit` meets.
+        let llama = ModelSpec::from_path(std::path::Path::new("models/llama-3.1-8b-instruct"))
+            .expect("llama 3.1 config");
+        for context in [59_981u64, 60_018, 100_000] {
+            let w = Workload {
+                batch: 1,
+                context,
+                decode_steps: 8,
+            };
+            let k = Knobs::default();
+            assert_eq!(
+                prefill_replay(&llama, DType::BF16, Backend::Cuda, w, &k, false),
+                prefill_replay(&llama, DType::BF16, Backend::Cuda, w, &k, true),
+                "{w:?}"
+            );
+        }
     }
 }

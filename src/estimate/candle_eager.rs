@@ -49,6 +49,8 @@ pub(super) struct Dims {
     rope: u64,
     pub(super) half: bool,
     pub(super) cpu: bool,
+    /// candle-chunked: replay every chunk and block (tests), not one of each shape.
+    pub(super) exhaustive: bool,
 }
 
 impl Dims {
@@ -70,6 +72,7 @@ impl Dims {
             rope: 2 * spec.max_position_embeddings * (spec.head_dim / 2) * e,
             half: dtype != DType::F32,
             cpu: backend == Backend::Cpu,
+            exhaustive: false,
         }
     }
 
