@@ -84,3 +84,83 @@ fn chunked_settings_are_checked() {
         assert!(stderr(&o).contains(says), "{args}: {}", stderr(&o));
     }
 }
+
+/// Past the model's own positions and far past what the eager engine could hold: the peak is
+/// the weights, the cache and the rotary tables, plus a transient bounded by the score
+/// blocks and one chunk's activations, whatever the context.
+#[test]
+fn long_context_peak_is_cache_plus_a_bounded_transient() {
+    let block: u64 = 1 << 22;
+    let (_dir, out, o) = bench_run(&format!(
+        "--engine candle-chunked --max-position 8200 --batch 1 --context 8192 --decode-steps 8 \
+         --attention-block {block} --max-error 0.001"
+    ));
+    ok(&o);
+    let points = assert_exact(&out, 2);
+    let prefill = points.iter().find(|p| p["phase"] == "prefill").unwrap();
+    let above = prefill["measured_above_weights_bytes"].as_u64().unwrap();
+    let kv = 4 * 2 * 2 * 8200 * 32 * 4; // layers x K,V x kv_heads x capacity x head_dim x f32
+    let rope = 2 * 8200 * 16 * 4;
+    let transient = above - kv - rope;
+    // Two f32 score blocks (scores and softmax) and one 2048-token chunk's activations
+    // (the MLP's three 2048 x 768 f32 tensors and the hidden states).
+    let bound = 2 * block * 4 + 3 * 2048 * 768 * 4 + 4 * 2048 * 256 * 4;
+    assert!(transient <= bound, "transient {transient} > bound {bound}");
+    // The eager engine's estimate for the same point: its scores alone are 8 heads x 8192^2
+    // f32, three times over.
+    let eager = vp(
+        "estimate --model models/vramprobe-tiny-llama --engine candle-eager --device cpu \
+         --dtype f32 --max-position 8200 --batch 1 --context 8192 --decode-steps 8 --json",
+    );
+    ok(&eager);
+    let e: Value = serde_json::from_str(&stdout(&eager)).unwrap();
+    let eager_peak = e["total_bytes"].as_u64().unwrap();
+    assert!(
+        eager_peak > 3 * 8 * 8192 * 8192 * 4,
+        "eager {eager_peak} vs chunked {}",
+        prefill["measured_peak_bytes"]
+    );
+}
+
+/// `report --compare` of an eager and a chunked run of the same grid shows the engines side
+/// by side and, point by point, what the engine changes: the chunked prefill is smaller.
+#[test]
+fn compare_shows_what_the_engine_changes() {
+    let (_a_dir, a, o) = bench_run("--batch 2 --context 512 --decode-steps 2");
+    ok(&o);
+    let (_b_dir, b, o) =
+        bench_run("--engine candle-chunked --batch 2 --context 512 --decode-steps 2");
+    ok(&o);
+    let o = vp(&format!(
+        "report --compare {} {} --format json",
+        path_str(&a),
+        path_str(&b)
+    ));
+    ok(&o);
+    let text = stdout(&o);
+    assert!(
+        text.contains("candle-eager") && text.contains("candle-chunked"),
+        "{text}"
+    );
+    let o = vp(&format!(
+        "report --compare {} {}",
+        path_str(&a),
+        path_str(&b)
+    ));
+    ok(&o);
+    let md = stdout(&o);
+    assert!(
+        md.contains("| engine | candle-eager | candle-chunked |"),
+        "{md}"
+    );
+    let (ea, eb) = (read_points(&a), read_points(&b));
+    let prefill = |v: &[Value]| {
+        v.iter().find(|p| p["phase"] == "prefill").unwrap()["measured_peak_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        prefill(&eb) < prefill(&ea),
+        "the chunked prefill holds less"
+    );
+}
