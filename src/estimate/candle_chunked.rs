@@ -490,26 +490,6 @@ pub fn decode(
     r.peak
 }
 
-/// The largest tensor the engine makes for `w`, in elements: candle 0.11's CUDA kernels
-/// count elements in u32, so this must stay below 2^32 on CUDA.
-pub fn largest_tensor_elems(spec: &ModelSpec, w: Workload, k: &Knobs) -> u64 {
-    let c = k.chunk_len(w.batch).min(w.context.max(1));
-    let cache = w.batch * spec.num_kv_heads * k.capacity(w) * spec.head_dim;
-    let mlp = w.batch * c * spec.intermediate_size;
-    let block = attention_blocks(
-        w.batch,
-        spec.num_heads,
-        c,
-        w.context - c.min(w.context),
-        k.attention_block,
-    )
-    .iter()
-    .map(|b| b.batch * spec.num_heads * b.queries * b.keys)
-    .max()
-    .unwrap_or(0);
-    cache.max(mlp).max(block).max(w.batch * spec.vocab_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -239,6 +239,15 @@ impl BenchPlan {
                 ));
             }
         }
+        if let Some(block) = self.attention_block {
+            if self.device == DeviceChoice::Cuda && block >= 1 << 32 {
+                return Err(PlanError::invalid(
+                    Field::AttentionBlock,
+                    block,
+                    "must stay below 2^32 elements on CUDA (candle 0.11's kernels count in u32)",
+                ));
+            }
+        }
         if let Some(cap) = self.kv_capacity {
             let need = self.grid.contexts.iter().max().copied().unwrap_or(0)
                 + self.grid.decode_steps.max(1);

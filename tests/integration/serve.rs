@@ -480,6 +480,32 @@ fn sweeps_run_one_at_a_time_and_reach_the_metrics() {
         ),
         "{m}"
     );
+
+    // The serving-shaped engine: named in the request, carried to the metrics' labels,
+    // beside the eager run of the same model (one series set per engine).
+    let r = post(r#"{"engine": "transformers-sdpa"}"#);
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().unwrap();
+    assert!(e["error"].as_str().unwrap().starts_with("engine: "), "{e}");
+    let r =
+        post(r#"{"engine": "candle-chunked", "batch": [1], "context": [64], "prefill_chunk": 32}"#);
+    assert_eq!(r.status(), 202);
+    d.wait_for(120, "the chunked sweep to end", |d| {
+        d.json("/api/v1/bench")["running"] == false
+    });
+    let j = d.json("/api/v1/bench");
+    assert_eq!(j["outcome"], "completed", "{j}");
+    let m = d.metrics();
+    assert!(
+        m.contains(
+            "vramprobe_bench_measured_peak_bytes{model=\"vramprobe-tiny-llama\",dtype=\"f32\",\
+             engine=\"candle-chunked\",device=\"cpu\",batch=\"1\",context=\"64\",\
+             phase=\"prefill\",source=\"host_alloc\"}"
+        ),
+        "{m}"
+    );
+    // The eager engine's newest run (the training sweep) is still exported beside it.
+    assert!(m.contains("engine=\"candle-eager\",device=\"cpu\",batch=\"1\",context=\"64\",phase=\"train_backward\""), "{m}");
 }
 
 #[test]
