@@ -44,6 +44,10 @@ pub const H100_DRIVER_580: CudaOverheads = CudaOverheads {
     decode_slack_permille: 650,
 };
 
+/// The largest value a calibration's field may hold: 1 PiB (no GPU has a thousandth of it;
+/// sums of these with any estimate stay exact in a u64).
+const MAX_OVERHEAD: u64 = 1 << 50;
+
 /// Why a calibration file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -84,11 +88,15 @@ impl CudaOverheads {
         let field = |name: &str, default: Option<u64>| -> Result<u64, CalibrationError> {
             match o.get(name) {
                 None => default.ok_or_else(|| err(format!("missing field `overheads.{name}`"))),
-                Some(x) => x.as_u64().ok_or_else(|| {
-                    err(format!(
+                Some(x) => match x.as_u64() {
+                    None => Err(err(format!(
                         "field `overheads.{name}`: {x} is not a whole number of bytes >= 0"
-                    ))
-                }),
+                    ))),
+                    Some(v) if v > MAX_OVERHEAD => Err(err(format!(
+                        "field `overheads.{name}`: {v} is beyond any GPU (at most {MAX_OVERHEAD})"
+                    ))),
+                    Some(v) => Ok(v),
+                },
             }
         };
         let d = H100_DRIVER_580;
@@ -212,6 +220,10 @@ mod tests {
             (
                 r#"{"overheads":{"context_bytes":5,"libraries_bytes":1,"typo":1}}"#,
                 "typo",
+            ),
+            (
+                r#"{"overheads":{"context_bytes":18446744073709551615,"libraries_bytes":1}}"#,
+                "`overheads.context_bytes`: 18446744073709551615 is beyond any GPU",
             ),
         ] {
             let e = CudaOverheads::from_calibration_json(bad, "cal.json").expect_err(bad);

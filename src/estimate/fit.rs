@@ -93,6 +93,9 @@ fn estimate_of(q: &FitQuery<'_>, w: Workload) -> Estimate {
 
 /// The process peak over both phases on one GPU.
 pub fn process_peak(q: &FitQuery<'_>, w: Workload) -> u64 {
+    if !super::sizable(q.spec, w) {
+        return u64::MAX;
+    }
     let e = estimate_of(q, w);
     [Phase::Prefill, Phase::Decode]
         .into_iter()
@@ -103,7 +106,7 @@ pub fn process_peak(q: &FitQuery<'_>, w: Workload) -> u64 {
 
 /// The process peak per GPU with tensor parallelism over `n` GPUs.
 pub fn tp_peak(q: &FitQuery<'_>, w: Workload, n: u64) -> u64 {
-    if n <= 1 {
+    if n <= 1 || !super::sizable(q.spec, w) {
         return process_peak(q, w);
     }
     let e = estimate_of(q, w);
@@ -223,6 +226,14 @@ pub struct TrainFitQuery<'a> {
 
 impl TrainFitQuery<'_> {
     fn need(&self, batch: u64, context: u64, setup: &super::train::TrainSetup) -> u64 {
+        let w = Workload {
+            batch,
+            context,
+            decode_steps: 0,
+        };
+        if !super::sizable(self.spec, w) {
+            return u64::MAX;
+        }
         super::train::estimate_train(self.spec, self.dtype, self.engine, batch, context, setup)
             .total_bytes()
             + self.overheads.context_bytes

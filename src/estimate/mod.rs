@@ -355,6 +355,33 @@ pub fn kv_cache_bytes_per_token(spec: &ModelSpec, dtype: DType) -> u64 {
     2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * dtype.size_in_bytes()
 }
 
+/// The most bytes any estimate may reach: every term and sum stays exact in a u64 below it.
+pub const MAX_SIZED_BYTES: u128 = 1 << 62;
+
+/// Whether every engine's estimate of `w` (inference or a training step) stays exact in 64
+/// bits: the largest terms any engine allocates, in f32 and summed generously, computed in
+/// u128, below [`MAX_SIZED_BYTES`]. The eager engines' scores grow with the square of the
+/// context; a training step keeps activations of every layer.
+pub fn sizable(spec: &ModelSpec, w: Workload) -> bool {
+    let c = |x: u64| u128::from(x);
+    let (b, s) = (c(w.batch), c(w.context) + c(w.decode_steps));
+    let (l, h, i, v) = (
+        c(spec.num_layers),
+        c(spec.hidden_size),
+        c(spec.intermediate_size),
+        c(spec.vocab_size),
+    );
+    let (heads, kvh, hd) = (c(spec.num_heads), c(spec.num_kv_heads), c(spec.head_dim));
+    let weights = c(spec.param_count()) * 4 * 4; // weights, gradients, two AdamW moments
+    let kv = 2 * l * b * kvh * s * hd * 4;
+    let scores = 3 * b * heads * s * s * 4 + s * s;
+    let rows = b * s;
+    let per_layer = rows * (20 * h + 6 * i + 6 * heads * hd) * 4 + 2 * b * heads * s * s * 4;
+    let logits = 2 * rows * v * 4;
+    let total = weights + kv + scores + l * per_layer + logits;
+    total < MAX_SIZED_BYTES
+}
+
 /// Weight quantization of the linear layers (q, k, v, o, gate, up, down): embeddings,
 /// norms and the output layer stay in the model dtype, as GPTQ/AWQ/bitsandbytes checkpoints
 /// keep them.
@@ -422,14 +449,18 @@ impl std::str::FromStr for KvDtype {
 /// `dtype`.
 pub fn quantized_weights_bytes(spec: &ModelSpec, dtype: DType, quant: Quant) -> u64 {
     let e = dtype.size_in_bytes();
-    let mut linear = 0u64;
-    let mut rows = 0u64;
-    for t in spec.tensors() {
-        if t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight") {
-            linear += t.numel();
-            rows += t.shape.first().copied().unwrap_or(0);
-        }
-    }
+    // Per layer: q, k, v (rows = heads x head_dim, kv_heads x head_dim, twice), o (rows =
+    // hidden), gate and up (rows = intermediate), down (rows = hidden); computed, not
+    // listed, so the memory does not grow with the layers.
+    let (h, i) = (spec.hidden_size, spec.intermediate_size);
+    let (q, kv) = (
+        spec.num_heads * spec.head_dim,
+        spec.num_kv_heads * spec.head_dim,
+    );
+    let layer_linear = (q + 2 * kv) * h + h * q + 2 * i * h + h * i;
+    let layer_rows = q + 2 * kv + h + 2 * i + h;
+    let linear = spec.num_layers * layer_linear;
+    let rows = spec.num_layers * layer_rows;
     let rest = spec.param_count() - linear;
     match quant {
         Quant::None => spec.param_count() * e,

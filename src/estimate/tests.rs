@@ -297,3 +297,74 @@ fn quantized_weights_and_kv_dtype() {
         (plain.weights_bytes - q.weights_bytes) + plain.decode.peak.get(Component::KvCache) / 2
     );
 }
+
+/// The quantized weights are computed from the config, not by listing every tensor (whose
+/// memory grows with the layers), and agree with the listing.
+#[test]
+fn quantized_weights_are_computed_without_the_tensor_list() {
+    for dir in [
+        "models/vramprobe-tiny-llama",
+        "models/meta-llama-3-8b-instruct",
+        "models/llama-3.1-405b-instruct",
+    ] {
+        let s = ModelSpec::from_path(std::path::Path::new(dir)).expect(dir);
+        let (mut linear, mut rows) = (0u64, 0u64);
+        for t in s.tensors() {
+            if t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight") {
+                linear += t.numel();
+                rows += t.shape[0];
+            }
+        }
+        let rest = s.param_count() - linear;
+        assert_eq!(
+            quantized_weights_bytes(&s, DType::BF16, Quant::Int8),
+            rest * 2 + linear + rows * 2,
+            "{dir}"
+        );
+        assert_eq!(
+            quantized_weights_bytes(&s, DType::BF16, Quant::Int4),
+            rest * 2 + linear / 2 + linear.div_ceil(128) * 4,
+            "{dir}"
+        );
+    }
+}
+
+/// A workload whose memory cannot be sized exactly in 64 bits is refused by the grid (for
+/// estimate, fit and bench alike) and never fits in `fit`'s searches.
+#[test]
+fn workloads_beyond_64_bits_are_refused() {
+    let s = ModelSpec::from_path(std::path::Path::new("models/meta-llama-3-8b-instruct"))
+        .unwrap()
+        .with_max_position(1 << 24)
+        .unwrap();
+    let w = |batch, context| Workload {
+        batch,
+        context,
+        decode_steps: 8,
+    };
+    assert!(sizable(&s, w(1, 8192)));
+    assert!(sizable(&s, w(8, 131_072)));
+    assert!(!sizable(&s, w(4096, 1 << 20)));
+    let grid = crate::plan::Grid {
+        batches: vec![4096],
+        contexts: vec![1 << 20],
+        decode_steps: 8,
+    };
+    let e = grid.workloads(&s).expect_err("too big");
+    assert!(
+        e.to_string()
+            .starts_with("--context 1048576: at batch 4096"),
+        "{e}"
+    );
+    let q = super::fit::FitQuery {
+        spec: &s,
+        dtype: DType::BF16,
+        engine: EngineProfile::CandleEager,
+        workload: w(4096, 1 << 20),
+        overheads: super::cuda::CudaOverheads::default(),
+        quant: Quant::None,
+        kv_dtype: None,
+        knobs: Default::default(),
+    };
+    assert_eq!(super::fit::process_peak(&q, q.workload), u64::MAX);
+}

@@ -133,6 +133,17 @@ impl Grid {
                     context: prompt(spec, c, after),
                     decode_steps: self.decode_steps,
                 };
+                if !crate::estimate::sizable(spec, w) {
+                    return Err(PlanError::invalid(
+                        Field::Context,
+                        c,
+                        format!(
+                            "at batch {batch}, {} needs more than 2^62 bytes: beyond what \
+                             vramprobe sizes exactly (and any machine)",
+                            spec.name()
+                        ),
+                    ));
+                }
                 if !out.contains(&w) {
                     out.push(w);
                 }

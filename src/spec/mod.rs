@@ -176,7 +176,20 @@ impl Check<'_> {
             Some(v) if v <= 0 => {
                 Err(self.invalid(field, v.to_string(), "must be a positive integer".into()))
             }
-            Some(v) => Ok(v as u64),
+            Some(v) => {
+                let max = max_of(field);
+                if v as u64 > max {
+                    return Err(self.invalid(
+                        field,
+                        v.to_string(),
+                        format!(
+                            "is beyond any model vramprobe can size (at most {max}; every \
+                             byte count must stay exact in 64 bits)"
+                        ),
+                    ));
+                }
+                Ok(v as u64)
+            }
         }
     }
 
@@ -245,6 +258,29 @@ impl Check<'_> {
             .map(Some)
             .map_err(|reason| self.invalid(field, format!("\"{text}\""), reason))
     }
+}
+
+/// The largest value accepted for each size field of a config: far beyond any published
+/// model (Llama-3.1-405B: hidden 16384, 126 layers, 128 heads, vocab 128256, intermediate
+/// 53248), and small enough that parameter counts and byte sizes are exact in a u64 (the
+/// product of the largest hidden, intermediate and layer counts times 4 bytes is below 2^63).
+pub const MAX_FIELD: [(&str, u64); 8] = [
+    ("hidden_size", 1 << 18),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 1 << 14),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 12),
+    ("vocab_size", 1 << 24),
+    ("max_position_embeddings", 1 << 24),
+];
+
+/// The bound of a size field ([`MAX_FIELD`]).
+fn max_of(field: &str) -> u64 {
+    MAX_FIELD
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map_or(u64::MAX, |&(_, m)| m)
 }
 
 impl ModelSpec {

@@ -135,6 +135,7 @@ fn shipped_configs_have_their_published_parameter_counts() {
         ("models/meta-llama-3-8b-instruct", 8_030_261_248, 131_072),
         ("models/meta-llama-3-70b-instruct", 70_553_706_496, 327_680),
         ("models/llama-3.1-405b-instruct", 405_853_388_800, 516_096),
+        ("models/llama-3.1-8b-instruct", 8_030_261_248, 131_072),
     ] {
         let s = ModelSpec::from_path(std::path::Path::new(dir)).expect(dir);
         assert_eq!(s.param_count(), params, "{dir}");
@@ -147,4 +148,43 @@ fn shipped_configs_have_their_published_parameter_counts() {
             "{dir}"
         );
     }
+}
+
+/// Sizes beyond any model are refused naming the field, so that every count and byte size
+/// derived from them stays exact in 64 bits (before: vocab 10^18 wrapped the parameter count
+/// and exited 0; 10^7 layers aborted on memory).
+#[test]
+fn sizes_beyond_any_model_are_refused_by_field() {
+    let base = std::fs::read_to_string("models/meta-llama-3-8b-instruct/config.json").unwrap();
+    for (field, value) in [
+        ("vocab_size", 1_000_000_000_000_000_000u64),
+        ("num_hidden_layers", 10_000_000),
+        ("hidden_size", 1 << 30),
+        ("intermediate_size", 1 << 40),
+        ("max_position_embeddings", 1 << 40),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
+        v[field] = serde_json::json!(value);
+        let e = ModelSpec::from_json_str(&v.to_string(), std::path::Path::new("c.json"))
+            .expect_err(field);
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("c.json: field `{field}`")) && text.contains("at most"),
+            "{text}"
+        );
+    }
+    // At every bound at once, the parameter count is still exact.
+    let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
+    for (field, max) in MAX_FIELD {
+        v[field] = serde_json::json!(max);
+    }
+    v["num_attention_heads"] = serde_json::json!(64);
+    v["num_key_value_heads"] = serde_json::json!(64);
+    v["head_dim"] = serde_json::json!(4096);
+    let s = ModelSpec::from_json_str(&v.to_string(), std::path::Path::new("c.json")).unwrap();
+    let (h, i, l, vocab) = (1u128 << 18, 1u128 << 20, 1u128 << 14, 1u128 << 24);
+    let q = 64u128 * 4096;
+    let exact = 2 * vocab * h + h + l * (h * 3 * q + q * h + 3 * h * i + 2 * h);
+    assert_eq!(u128::from(s.param_count()), exact);
+    assert!(exact * 4 < 1 << 63);
 }
