@@ -117,6 +117,9 @@ pub fn fetch(
     let (owner, name) = repo
         .split_once('/')
         .ok_or_else(|| other("not an owner/name model id".into()))?;
+    if !offline() {
+        writable_cache().map_err(other)?;
+    }
     let client = HFClientSync::new().map_err(|e| other(format!("Hub client: {e}")))?;
     let mut patterns = vec!["config.json".to_string()];
     if weights {
@@ -151,6 +154,44 @@ pub fn fetch(
     drop(client);
     wait_for_runtime_exit();
     result.map_err(|e| classify(repo, e))
+}
+
+/// The Hub cache hf-hub writes to (`HF_HUB_CACHE`, else `HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub`), created and checked writable, or the reason naming the
+/// variable and the path (hf-hub's own error names neither).
+#[cfg(feature = "hub")]
+fn writable_cache() -> Result<(), String> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let (source, dir) = if let Some(d) = var("HF_HUB_CACHE") {
+        ("HF_HUB_CACHE", d)
+    } else if let Some(h) = var("HF_HOME") {
+        ("HF_HOME", h.join("hub"))
+    } else if let Some(home) = var("HOME") {
+        ("HOME", home.join(".cache/huggingface/hub"))
+    } else {
+        return Ok(()); // hf-hub will say what it cannot find
+    };
+    let fail = |e: std::io::Error| {
+        format!(
+            "the Hub cache {} (from {source}) cannot be written: {e}; point HF_HOME or \
+             HF_HUB_CACHE at a writable directory",
+            dir.display()
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    let probe = dir.join(format!(".vramprobe-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// hf-hub's blocking client runs a tokio runtime on a detached thread that frees its

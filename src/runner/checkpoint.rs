@@ -82,6 +82,14 @@ pub fn parse(header: &[u8], data_len: u64) -> Result<Vec<Entry>, String> {
     let mut out = Vec::with_capacity(raw.len());
     for (name, v) in raw {
         if name == "__metadata__" {
+            // The safetensors format (and the crate candle reads it with) wants names to
+            // strings here; anything else fails inside candle without naming the file.
+            let strings = v
+                .as_object()
+                .is_some_and(|m| m.values().all(serde_json::Value::is_string));
+            if !strings {
+                return Err("header: __metadata__ must map names to strings".into());
+            }
             continue;
         }
         let e: RawEntry =
@@ -120,8 +128,38 @@ pub fn parse(header: &[u8], data_len: u64) -> Result<Vec<Entry>, String> {
             end,
         });
     }
+    // The data of the tensors, in offset order, must tile the data section exactly: no
+    // overlap, no gap (as the safetensors crate requires when candle maps the file).
+    let mut by_offset: Vec<&Entry> = out.iter().collect();
+    by_offset.sort_by_key(|e| (e.begin, e.end));
+    let mut expected = 0;
+    for e in by_offset {
+        if e.begin != expected {
+            return Err(format!(
+                "tensor {:?}: data_offsets [{}, {}] {} the previous tensor's data, which ends \
+                 at {expected}",
+                e.name,
+                e.begin,
+                e.end,
+                if e.begin < expected {
+                    "overlap"
+                } else {
+                    "leave a gap after"
+                }
+            ));
+        }
+        expected = e.end;
+    }
+    if expected != data_len {
+        return Err(format!(
+            "header: the tensors' data ends at byte {expected} of the {data_len} data bytes"
+        ));
+    }
     Ok(out)
 }
+
+/// The element types a weight may have: what candle loads and casts to the model dtype.
+const WEIGHT_DTYPES: [&str; 4] = ["F32", "F16", "BF16", "F64"];
 
 /// Check a whole file's bytes (header and data): what the fuzzer calls.
 ///
@@ -145,6 +183,16 @@ pub fn check_against(
         let Some(e) = entries.get(&t.name) else {
             return Err((t.name.clone(), "missing from the checkpoint".into()));
         };
+        if !WEIGHT_DTYPES.contains(&e.dtype.as_str()) {
+            return Err((
+                t.name.clone(),
+                format!(
+                    "dtype {} cannot be a weight ({} expected)",
+                    e.dtype,
+                    WEIGHT_DTYPES.join(", ")
+                ),
+            ));
+        }
         if e.shape != t.shape {
             return Err((
                 t.name.clone(),
@@ -234,9 +282,74 @@ mod tests {
                 file(r#"{"a":{"dtype":"F32","shape":[4]}}"#, 16),
                 "data_offsets",
             ),
+            // What failed inside candle before, without naming the file.
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
+                    16,
+                ),
+                "tensor \"b\": data_offsets [8, 16] overlap",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
+                    16,
+                ),
+                "leave a gap",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                    16,
+                ),
+                "ends at byte 8 of the 16",
+            ),
+            (
+                file(
+                    r#"{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                    8,
+                ),
+                "__metadata__ must map names to strings",
+            ),
         ] {
             let e = parse_file(&bytes).expect_err(says);
             assert!(e.contains(says), "{e} (wanted {says})");
         }
+    }
+
+    /// A weight stored as BOOL (or any type candle will not cast to a float) is named with
+    /// its tensor before anything is loaded.
+    #[test]
+    fn a_weight_of_a_non_float_dtype_is_named() {
+        let spec = crate::spec::ModelSpec::from_json_str(
+            crate::TINY_CONFIG,
+            std::path::Path::new(crate::TINY_CONFIG_PATH),
+        )
+        .expect("tiny");
+        let mut entries = BTreeMap::new();
+        for t in spec.tensors() {
+            let n: u64 = t.shape.iter().product();
+            entries.insert(
+                t.name.clone(),
+                Entry {
+                    name: t.name.clone(),
+                    dtype: if t.name.ends_with("norm.weight") {
+                        "BOOL"
+                    } else {
+                        "F32"
+                    }
+                    .into(),
+                    shape: t.shape.clone(),
+                    begin: 0,
+                    end: n * 4,
+                },
+            );
+        }
+        let (name, reason) = check_against(&spec, &entries).expect_err("BOOL");
+        assert!(name.ends_with("norm.weight"), "{name}");
+        assert!(
+            reason.starts_with("dtype BOOL cannot be a weight"),
+            "{reason}"
+        );
     }
 }

@@ -260,6 +260,21 @@ impl Check<'_> {
     }
 }
 
+/// The first top-level field of a JSON object that on its own does not deserialize as
+/// [`RawConfig`] wants (a string where a number belongs): serde's message names the type
+/// and the position, not the field.
+fn wrong_type_field(text: &str) -> Option<String> {
+    let serde_json::Value::Object(map) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    map.into_iter()
+        .find(|(k, v)| {
+            let one = serde_json::Value::Object([(k.clone(), v.clone())].into_iter().collect());
+            serde_json::from_value::<RawConfig>(one).is_err()
+        })
+        .map(|(k, _)| k)
+}
+
 /// The largest value accepted for each size field of a config: far beyond any published
 /// model (Llama-3.1-405B: hidden 16384, 126 layers, 128 heads, vocab 128256, intermediate
 /// 53248), and small enough that parameter counts and byte sizes are exact in a u64 (the
@@ -311,7 +326,10 @@ impl ModelSpec {
             path: path.to_path_buf(),
             line: e.line(),
             column: e.column(),
-            message: strip_position(&e.to_string()),
+            message: match wrong_type_field(text) {
+                Some(field) => format!("field `{field}`: {}", strip_position(&e.to_string())),
+                None => strip_position(&e.to_string()),
+            },
         })?;
         Self::from_raw(raw, path)
     }

@@ -116,6 +116,13 @@ fn malformed_json_reports_position() {
     }
     let err = spec_of(r#"{"model_type":"llama","hidden_size":"big"}"#).unwrap_err();
     assert_eq!(err.kind(), "json");
+    // A value of the wrong type names its field, not only its line and column.
+    let msg = err.to_string();
+    assert!(msg.contains("field `hidden_size`: invalid type"), "{msg}");
+    let msg = spec_of(r#"{"model_type":"llama","rope_theta":[1]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("field `rope_theta`"), "{msg}");
 }
 
 #[test]

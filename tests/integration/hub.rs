@@ -340,3 +340,31 @@ fn downloads_from_a_hub_like_server_then_benches_and_works_offline() {
     let o = run_with(&env, &["bench", "--weights", "download"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// An HF_HOME that cannot hold the cache (here a file, so even root cannot write under it)
+/// is named with the variable and the path before anything is asked of the Hub.
+#[test]
+fn an_unwritable_hub_cache_is_named() {
+    let hub = Hub::start(HashMap::from([(
+        "vramprobe-test/tiny-llama".to_string(),
+        tiny_repo(false),
+    )]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let endpoint = hub.endpoint();
+    let o = run_with(
+        &[
+            ("HF_ENDPOINT", endpoint.as_str()),
+            ("HF_HOME", path_str(&file)),
+        ],
+        &["estimate", "--model", "vramprobe-test/tiny-llama"],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("(from HF_HOME) cannot be written") && err.contains("not-a-directory/hub"),
+        "{err}"
+    );
+    assert!(hub.requests().is_empty(), "{:?}", hub.requests());
+}
