@@ -7,7 +7,7 @@ use super::job::{self, BenchRequest, StartError};
 use super::metrics;
 use super::State;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State as Shared};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, State as Shared};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -143,22 +143,111 @@ async fn landing(Shared(state): Shared<Arc<State>>) -> Html<String> {
     ))
 }
 
-async fn runs(Shared(state): Shared<Arc<State>>) -> Response {
+/// Runs per page of `/api/v1/runs` unless `limit` says otherwise, and the most per page.
+pub const RUNS_PAGE: (usize, usize) = (100, 1000);
+/// Points per page of `/api/v1/runs/{id}` unless `limit` says otherwise, and the most.
+pub const POINTS_PAGE: (usize, usize) = (1000, 10_000);
+
+/// `offset` and `limit` of a query string (`(default, most)` for the limit), or a 400
+/// naming the parameter.
+#[allow(clippy::result_large_err)]
+fn page(query: Option<&str>, (default, most): (usize, usize)) -> Result<(usize, usize), Response> {
+    let (mut offset, mut limit) = (0, default);
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n: Option<usize> = v.parse().ok();
+        match (k, n) {
+            ("offset", Some(n)) => offset = n,
+            ("limit", Some(n)) if (1..=most).contains(&n) => limit = n,
+            ("offset" | "limit", _) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{k}: must be a whole number (limit: 1 to {most})"),
+                ))
+            }
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "unknown query parameter (offset, limit)",
+                ))
+            }
+        }
+    }
+    Ok((offset, limit))
+}
+
+/// The link to the next page, if there is one.
+fn next(path: &str, offset: usize, limit: usize, total: usize) -> serde_json::Value {
+    if offset.saturating_add(limit) < total {
+        json!(format!("{path}?offset={}&limit={limit}", offset + limit))
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// The stored runs, a page at a time, without their points (`points_total` says how many;
+/// `/api/v1/runs/{id}` pages through them).
+async fn runs(Shared(state): Shared<Arc<State>>, RawQuery(q): RawQuery) -> Response {
+    let (offset, limit) = match page(q.as_deref(), RUNS_PAGE) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let r = state
         .runs
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let list: Vec<&super::runs::StoredRun> = r.by_id.values().collect();
-    Json(json!({ "runs": list })).into_response()
+    let total = r.by_id.len();
+    let list: Vec<serde_json::Value> = r
+        .by_id
+        .values()
+        .skip(offset)
+        .take(limit)
+        .map(|run| {
+            json!({
+                "id": run.id,
+                "run": run.run,
+                "points_total": run.points.len(),
+                "problem": run.problem,
+            })
+        })
+        .collect();
+    Json(json!({
+        "runs": list, "total": total, "offset": offset, "limit": limit,
+        "next": next("/api/v1/runs", offset, limit, total),
+    }))
+    .into_response()
 }
 
-async fn one_run(Shared(state): Shared<Arc<State>>, UrlPath(id): UrlPath<String>) -> Response {
+/// One run with a page of its points.
+async fn one_run(
+    Shared(state): Shared<Arc<State>>,
+    UrlPath(id): UrlPath<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (offset, limit) = match page(q.as_deref(), POINTS_PAGE) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let r = state
         .runs
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match r.by_id.get(&id) {
-        Some(run) => Json(run).into_response(),
+        Some(run) => {
+            let total = run.points.len();
+            let points: Vec<&crate::store::PointRecord> =
+                run.points.iter().skip(offset).take(limit).collect();
+            Json(json!({
+                "id": run.id, "run": run.run, "problem": run.problem, "points": points,
+                "points_total": total, "offset": offset, "limit": limit,
+                "next": next(&format!("/api/v1/runs/{id}"), offset, limit, total),
+            }))
+            .into_response()
+        }
         None => error(StatusCode::NOT_FOUND, format!("no run {id:?}")),
     }
 }

@@ -48,6 +48,10 @@ pub fn registry(state: Arc<State>) -> Registry {
     r
 }
 
+/// The most records of one run exported as series (a 32 x 32 grid's two phases): past it a
+/// scrape would grow with the grid (a 64 x 64 grid made 55 MB per scrape).
+pub const MAX_EXPORTED_RECORDS: usize = 2048;
+
 /// The benchmark series, encoded once each time the stored runs change (they are a few
 /// thousand series with many labels: re-encoding them at every scrape would dominate its
 /// cost), in both formats, without OpenMetrics' `# EOF`.
@@ -363,13 +367,32 @@ impl Collector for RunsCollector {
             "The stored run whose points are exported, per model, dtype, engine and device.",
             &infos,
         )?;
-        // One record per label set: a later record of the same point wins.
+        // One record per label set: a later record of the same point wins. A run's records
+        // past MAX_EXPORTED_RECORDS are left out (and counted), so one huge grid cannot make
+        // every scrape megabytes long; the API has them all.
         let mut points: std::collections::BTreeMap<Labels, &PointRecord> = Default::default();
+        let mut left_out = Vec::new();
         for r in latest {
-            for p in &r.points {
+            for p in r.points.iter().take(MAX_EXPORTED_RECORDS) {
                 points.insert(point_labels(p), p);
             }
+            left_out.push((
+                vec![
+                    ("model", r.run.model.clone()),
+                    ("dtype", r.run.dtype.clone()),
+                    ("engine", r.run.engine.clone()),
+                    ("device", r.run.device.clone()),
+                ],
+                r.points.len().saturating_sub(MAX_EXPORTED_RECORDS) as i64,
+            ));
         }
+        gauge(
+            enc,
+            "vramprobe_bench_records_not_exported",
+            "Records of the exported run left out of /metrics past the first \
+             MAX_EXPORTED_RECORDS (2048); /api/v1/runs/{id} has every record.",
+            &left_out,
+        )?;
         let mut fitted = Vec::new();
         let mut measured = Vec::new();
         let mut estimated = Vec::new();

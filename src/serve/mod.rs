@@ -79,6 +79,9 @@ pub struct State {
     pub job: Mutex<job::JobState>,
     pub job_done: tokio::sync::Notify,
     shutting_down: AtomicBool,
+    /// A refresh of the runs directory is reading the disk (at most one at a time: one
+    /// stuck on a hung mount must not pile up threads behind it).
+    refreshing: Arc<AtomicBool>,
 }
 
 impl State {
@@ -86,10 +89,18 @@ impl State {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Re-read the runs directory (off the async threads: it is file I/O).
+    /// Re-read the runs directory (off the async threads: it is file I/O), waiting at most
+    /// [`REFRESH_WAIT`] for it: a read that blocks (a FIFO, a hung network mount) holds one
+    /// blocking thread and nothing else; start-up, sweeps and shutdown go on without it, and
+    /// no second refresh starts until it returns.
     pub async fn refresh_runs(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::SeqCst) {
+            return; // one is reading already
+        }
         let me = Arc::clone(self);
-        let _ = tokio::task::spawn_blocking(move || {
+        let flag = Arc::clone(&self.refreshing);
+        let task = tokio::task::spawn_blocking(move || {
+            let _done = ClearOnDrop(flag);
             let dir = me.opts.runs_dir.clone();
             // Most refreshes find nothing new: decide that from file sizes and times alone.
             if !me
@@ -115,8 +126,26 @@ impl State {
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = text;
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout(REFRESH_WAIT, task).await.is_err() {
+            tracing::warn!(
+                dir = %self.opts.runs_dir.display(),
+                "reading the runs directory takes longer than {REFRESH_WAIT:?}: serving what \
+                 was read before"
+            );
+        }
+    }
+}
+
+/// How long a caller waits for a refresh of the runs directory.
+pub const REFRESH_WAIT: Duration = Duration::from_secs(5);
+
+/// Clears the flag when dropped (when the refresh returns or panics).
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -182,7 +211,7 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
             what: "tokio runtime".into(),
             source,
         })?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|source| ServeError::Io {
@@ -202,6 +231,7 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
             job: Mutex::new(job::JobState::default()),
             job_done: tokio::sync::Notify::new(),
             shutting_down: AtomicBool::new(false),
+            refreshing: Arc::new(AtomicBool::new(false)),
         });
         state.refresh_runs().await;
         // NVML on its own thread: its calls block.
@@ -252,7 +282,11 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
         let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // A blocking thread still stuck in the runs directory (a hung mount) must not hold the
+    // process after everything else stopped.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// Sweeps at start-up and every `--bench-every`.

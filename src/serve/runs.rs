@@ -66,6 +66,24 @@ impl Runs {
             let Ok(run) = store::RunDir::read_info(&path) else {
                 continue; // being written, or not ours: try again next refresh
             };
+            // Only regular files are read: a FIFO (or a device) named points.jsonl would
+            // block the read forever.
+            let points_file = path.join("points.jsonl");
+            let regular = std::fs::symlink_metadata(&points_file).map(|m| m.is_file());
+            if matches!(regular, Ok(false)) {
+                self.by_id.insert(
+                    id.clone(),
+                    StoredRun {
+                        id,
+                        run,
+                        points: Vec::new(),
+                        problem: Some("points.jsonl is not a regular file: not read".into()),
+                        stamp: now,
+                    },
+                );
+                changed = true;
+                continue;
+            }
             let (points, problem) = match store::read_points(&path) {
                 Ok(p) => (p, None),
                 Err(e) => (Vec::new(), Some(e.to_string())),

@@ -280,16 +280,19 @@ fn serve_answers_metrics_health_and_the_api() {
     assert!(om.ends_with("# EOF\n"));
     assert!(om.contains("# TYPE vramprobe_nvml_collection_failures counter"));
 
-    // The API: every stored run with its points.
+    // The API: the stored runs, a page at a time, and each run's points.
     let all = d.json("/api/v1/runs");
     let list = all["runs"].as_array().unwrap();
     assert_eq!(list.len(), 1);
+    assert_eq!(all["total"], 1);
+    assert!(all["next"].is_null());
     assert_eq!(list[0]["id"], "h100-boundary");
+    assert_eq!(list[0]["points_total"], points.lines().count());
+    let one = d.json("/api/v1/runs/h100-boundary");
     assert_eq!(
-        list[0]["points"].as_array().unwrap().len(),
+        one["points"].as_array().unwrap().len(),
         points.lines().count()
     );
-    assert_eq!(d.get("/api/v1/runs/h100-boundary").status(), 200);
     assert_eq!(d.get("/api/v1/runs/nope").status(), 404);
     assert_eq!(d.get("/nope").status(), 404);
 
@@ -884,4 +887,111 @@ fn sweeps_at_start_up_and_on_a_schedule() {
     assert!(d
         .metrics()
         .contains("vramprobe_bench_sweeps_failed_total 0"));
+}
+
+/// The daemon stays bounded whatever the runs directory holds: a run of 8,192 records exports
+/// 2,048 of them and says how many it left out, the API pages through runs and points, and a
+/// FIFO named points.jsonl (a read that would block forever) neither stops start-up nor the
+/// answers nor SIGTERM.
+#[test]
+fn huge_runs_and_blocking_files_keep_the_daemon_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = runs_with_h100(dir.path());
+    // A 64 x 64 grid's worth of records, from the committed run's first record.
+    let first = std::fs::read_to_string(runs.join("h100-boundary/points.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let template: Value = serde_json::from_str(&first).unwrap();
+    let huge = runs.join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    let mut info: Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.join("h100-boundary/run.json")).unwrap(),
+    )
+    .unwrap();
+    info["model"] = "huge-grid".into();
+    std::fs::write(huge.join("run.json"), info.to_string()).unwrap();
+    let mut lines = String::new();
+    for b in 1..=64u64 {
+        for c in 1..=64u64 {
+            for phase in ["prefill", "decode"] {
+                let mut p = template.clone();
+                p["model"] = "huge-grid".into();
+                p["batch"] = b.into();
+                p["context"] = (c * 128).into();
+                p["phase"] = phase.into();
+                lines.push_str(&p.to_string());
+                lines.push('\n');
+            }
+        }
+    }
+    std::fs::write(huge.join("points.jsonl"), lines).unwrap();
+    // A run whose points.jsonl is a FIFO nobody writes.
+    let fifo_run = runs.join("fifo");
+    std::fs::create_dir_all(&fifo_run).unwrap();
+    std::fs::write(fifo_run.join("run.json"), info.to_string()).unwrap();
+    nix::unistd::mkfifo(
+        &fifo_run.join("points.jsonl"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
+
+    let started = Instant::now();
+    let d = Daemon::start(&["--listen", "127.0.0.1:0", "--runs-dir", path_str(&runs)]);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let m = d.metrics();
+    let exported = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("vramprobe_bench_point_fitted{") && l.contains("model=\"huge-grid\"")
+        })
+        .count();
+    assert_eq!(exported, 2048, "the first 2048 records only");
+    assert_eq!(
+        line_value(
+            &m,
+            "vramprobe_bench_records_not_exported{model=\"huge-grid\""
+        ),
+        Some(8192.0 - 2048.0),
+        "{m}"
+    );
+    assert!(m.len() < 8 << 20, "a scrape of {} bytes", m.len());
+
+    // Pages: runs by two, points by 1000 with a link to the next page.
+    let page = d.json("/api/v1/runs?limit=2");
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["runs"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().unwrap().to_string();
+    assert_eq!(next, "/api/v1/runs?offset=2&limit=2");
+    assert_eq!(d.json(&next)["runs"].as_array().unwrap().len(), 1);
+    let pts = d.json("/api/v1/runs/huge");
+    assert_eq!(pts["points_total"], 8192);
+    assert_eq!(pts["points"].as_array().unwrap().len(), 1000);
+    assert_eq!(pts["next"], "/api/v1/runs/huge?offset=1000&limit=1000");
+    let last = d.json("/api/v1/runs/huge?offset=8000&limit=1000");
+    assert_eq!(last["points"].as_array().unwrap().len(), 192);
+    assert!(last["next"].is_null());
+    for bad in ["limit=0", "limit=20000", "offset=-1", "colour=red"] {
+        let r = d.get(&format!("/api/v1/runs?{bad}"));
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    // The FIFO's run is listed with the reason its points were not read.
+    let fifo = d.json("/api/v1/runs/fifo");
+    assert!(
+        fifo["problem"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{fifo}"
+    );
+
+    // SIGTERM still ends it promptly.
+    let t = Instant::now();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut d = d;
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
 }
