@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz config.json parsing and the safetensors header path for a bounded time each (not in
+# Fuzz config.json parsing, the safetensors header path, run directories (run.json and
+# points.jsonl) and the daemon's request bodies for a bounded time each (not in
 # CI). Needs cargo-fuzz (`cargo install cargo-fuzz`); it runs on the stable toolchain with
 # RUSTC_BOOTSTRAP=1 (cargo-fuzz passes nightly -Z flags).
 # Crashes land in fuzz/artifacts/<target>/; copy each to fuzz/regressions/<target>/ after
@@ -9,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-300}
 export RUSTC_BOOTSTRAP=1
-for target in config_json safetensors_header; do
+for target in config_json safetensors_header run_files bench_request; do
   mkdir -p "fuzz/corpus/$target" "target/fuzz-corpus/$target"
   echo "== $target for ${secs}s"
   # New inputs go to target/ (not committed); the committed seeds are read as well.

@@ -154,6 +154,18 @@ impl BenchRequest {
     }
 }
 
+/// What the `bench_request` fuzzer runs on one input: the body parsed as the daemon parses
+/// it, the plan checked, its command line built.
+pub fn fuzz_request(data: &[u8]) {
+    if let Ok(req) = serde_json::from_slice::<BenchRequest>(data) {
+        if let Ok(plan) = req.or(&BenchRequest::default()).plan() {
+            let _ = plan.records_planned();
+            let _ = plan.to_args();
+            let _ = plan.knobs();
+        }
+    }
+}
+
 /// The current or last sweep.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct JobState {
@@ -353,6 +365,104 @@ async fn count_lines(path: &std::path::Path) -> u64 {
 
 /// Ask a running sweep to stop after its current point (SIGINT), wait up to `grace`, then
 /// kill it (its completed points are already stored).
+/// After a restart: a sweep a previous daemon started may still be writing its run (the
+/// daemon was killed, its child was not). Find it by the run directory's lock and follow it
+/// as this daemon's own sweep: shown in /api/v1/bench, counted in the metrics, a new sweep
+/// refused until it ends, stopped at shutdown. Returns the adopted run's name.
+pub async fn adopt(state: &Arc<State>) -> Option<String> {
+    let dir = state.opts.runs_dir.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        for e in std::fs::read_dir(&dir).ok()?.flatten().take(100_000) {
+            let path = e.path();
+            if let Some(pid) = crate::store::lock_holder(&path) {
+                held.push((path, pid));
+            }
+        }
+        held.sort();
+        held.pop()
+    });
+    let (path, pid) = tokio::time::timeout(super::REFRESH_WAIT, found)
+        .await
+        .ok()?
+        .ok()??;
+    let id = path.file_name()?.to_str()?.to_string();
+    let info = crate::store::RunDir::read_info(&path).ok();
+    let planned = info
+        .as_ref()
+        .and_then(|i| i.plan())
+        .and_then(Result::ok)
+        .map_or(0, |p| p.records_planned());
+    {
+        let mut j = state
+            .job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *j = JobState {
+            running: true,
+            id: Some(id.clone()),
+            request: None,
+            planned,
+            stored: count_lines(&path.join("points.jsonl")).await,
+            started_at: info.map(|i| i.started_at),
+            finished_at: None,
+            outcome: None,
+            message: Some(format!(
+                "adopted after a daemon restart: process {pid} still writes this run"
+            )),
+            pid: (pid > 0).then_some(pid),
+            started_total: j.started_total,
+            failed_total: j.failed_total,
+            last_success: j.last_success,
+        };
+    }
+    tracing::warn!(run = %id, pid, "a sweep of a previous daemon is still running: adopted");
+    tokio::spawn(watch_adopted(Arc::clone(state), id.clone(), path));
+    Some(id)
+}
+
+/// Follow an adopted sweep until its process lets go of the run's lock: it is not our child,
+/// so its exit code is unknown; the outcome says whether every planned record was stored.
+async fn watch_adopted(state: Arc<State>, id: String, dir: std::path::PathBuf) {
+    let points = dir.join("points.jsonl");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let stored = count_lines(&points).await;
+        state
+            .job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stored = stored;
+        let d = dir.clone();
+        let held = tokio::task::spawn_blocking(move || crate::store::lock_holder(&d).is_some())
+            .await
+            .unwrap_or(false);
+        if !held {
+            break;
+        }
+    }
+    let stored = count_lines(&points).await;
+    {
+        let mut j = state
+            .job
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let complete = j.planned > 0 && stored >= j.planned;
+        j.running = false;
+        j.pid = None;
+        j.stored = stored;
+        j.finished_at = Some(now_stamp());
+        j.outcome = Some(if complete { "completed" } else { "interrupted" }.into());
+        if complete {
+            j.last_success = Some(SystemTime::now());
+        }
+    }
+    tracing::info!(run = %id, stored, "adopted sweep ended");
+    state.refresh_runs().await;
+    state.job_done.notify_waiters();
+}
+
 pub async fn stop(state: &Arc<State>, grace: Duration) {
     let pid = {
         let j = state

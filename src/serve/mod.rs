@@ -234,6 +234,7 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
             refreshing: Arc::new(AtomicBool::new(false)),
         });
         state.refresh_runs().await;
+        job::adopt(&state).await;
         // NVML on its own thread: its calls block.
         let (stop_poll, stop_rx) = std::sync::mpsc::channel::<()>();
         let source: Box<dyn gpu::GpuSource> = match &opts.fake_nvml {

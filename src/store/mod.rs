@@ -118,6 +118,22 @@ fn lock(dir: &Path) -> Result<Flock<File>, StoreError> {
     }
 }
 
+/// The process id written in `dir`'s lock while another process holds it; None when the
+/// run is not being written (no lock file, or a lock nobody holds). Takes nothing: a lock
+/// it gets is released at once, and no lock file is created.
+pub fn lock_holder(dir: &Path) -> Option<u32> {
+    let p = dir.join(LOCK_FILE);
+    let f = OpenOptions::new().read(true).write(true).open(&p).ok()?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(_released) => None,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => std::fs::read_to_string(&p)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .or(Some(0)),
+        Err(_) => None,
+    }
+}
+
 /// An open run directory being appended to, locked while this value lives.
 pub struct RunDir {
     path: PathBuf,
@@ -309,6 +325,37 @@ pub fn read_boundaries(dir: &Path) -> Result<Option<Vec<Boundary>>, StoreError> 
 pub fn read_points(dir: &Path) -> Result<Vec<PointRecord>, StoreError> {
     let p = dir.join("points.jsonl");
     let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    parse_points(&text, p)
+}
+
+/// What the `run_files` fuzzer runs on one input (split at its first 0 byte into run.json
+/// and points.jsonl): the readers `--resume`, `report` and the daemon use.
+pub fn fuzz_run_files(data: &[u8]) {
+    let (info, points) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &data[..0]),
+    };
+    if let Ok(text) = std::str::from_utf8(info) {
+        if let Ok(info) = serde_json::from_str::<RunInfo>(text) {
+            if let Some(Ok(plan)) = info.plan() {
+                let _ = plan.records_planned();
+                let _ = plan.to_args();
+            }
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(points) {
+        if let Ok(points) = parse_points(text, PathBuf::from("points.jsonl")) {
+            let _ = crate::bench::tolerance_violations(&points, 0.01);
+        }
+    }
+}
+
+/// The points of a `points.jsonl` text (`path` names it in errors): what [`read_points`]
+/// and the `run_files` fuzzer call.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for a line that is not a point (a torn last line is skipped).
+pub fn parse_points(text: &str, p: PathBuf) -> Result<Vec<PointRecord>, StoreError> {
     let mut out = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
     let complete = text.ends_with('\n');

@@ -69,3 +69,39 @@ fn safetensors_inputs_never_panic() {
         }
     }
 }
+
+#[test]
+fn run_files_inputs_never_panic() {
+    let all = inputs("run_files");
+    assert!(all.len() >= 3, "the seeds are missing");
+    let mut plans = 0;
+    for (name, bytes) in all {
+        vramprobe::store::fuzz_run_files(&bytes);
+        // The seeds are real runs: their run.json gives a checked plan back.
+        let info = bytes.split(|&b| b == 0).next().unwrap();
+        if let Ok(info) = serde_json::from_slice::<vramprobe::store::RunInfo>(info) {
+            if matches!(info.plan(), Some(Ok(_))) {
+                plans += 1;
+            }
+        } else if name.starts_with("fuzz/corpus") {
+            panic!("{name}: a seed's run.json must read back");
+        }
+    }
+    assert!(plans >= 2, "the seed runs must give their plans back");
+}
+
+#[test]
+fn bench_request_inputs_never_panic() {
+    let all = inputs("bench_request");
+    assert!(all.len() >= 4, "the seeds are missing");
+    let mut valid = 0;
+    for (_, bytes) in all {
+        vramprobe::serve::job::fuzz_request(&bytes);
+        if serde_json::from_slice::<vramprobe::serve::job::BenchRequest>(&bytes)
+            .is_ok_and(|r| r.plan().is_ok())
+        {
+            valid += 1;
+        }
+    }
+    assert!(valid >= 3, "the seed requests must be valid plans");
+}

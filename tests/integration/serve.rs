@@ -995,3 +995,49 @@ fn huge_runs_and_blocking_files_keep_the_daemon_bounded() {
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
 }
+
+/// A daemon killed mid-sweep leaves its sweep running; the next daemon on the same runs
+/// directory adopts it (by the run's lock): shown as running, new sweeps refused until it
+/// ends, its end seen, and no point lost or stored twice.
+#[test]
+fn a_restarted_daemon_adopts_the_sweep_it_finds_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let a = Daemon::start(&["--listen", "127.0.0.1:0", "--runs-dir", path_str(&runs)]);
+    let r = client()
+        .post(a.url("/api/v1/bench"))
+        .header("content-type", "application/json")
+        .body(r#"{"batch": [1, 2, 4], "context": [1024, 2040], "decode_steps": 8}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    a.wait_for(120, "the first point", |d| {
+        d.json("/api/v1/bench")["stored"].as_u64().unwrap_or(0) >= 1
+    });
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(a);
+
+    let b = Daemon::start(&["--listen", "127.0.0.1:0", "--runs-dir", path_str(&runs)]);
+    let j = b.json("/api/v1/bench");
+    assert_eq!(j["running"], true, "{j}");
+    assert_eq!(j["id"], id.as_str());
+    assert_eq!(j["planned"], 12);
+    assert!(j["message"].as_str().unwrap().contains("adopted"), "{j}");
+    let r = client()
+        .post(b.url("/api/v1/bench"))
+        .header("content-type", "application/json")
+        .body(r#"{"batch": [1], "context": [64]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409, "one sweep at a time, adopted or not");
+    b.wait_for(300, "the adopted sweep to end", |d| {
+        d.json("/api/v1/bench")["running"] == false
+    });
+    let j = b.json("/api/v1/bench");
+    assert_eq!(j["outcome"], "completed", "{j}");
+    assert_eq!(j["stored"], 12);
+    let points = read_points(&runs.join(&id));
+    assert_eq!(points.len(), 12, "every point once");
+}
