@@ -393,6 +393,7 @@ pub async fn adopt(state: &Arc<State>) -> Option<String> {
         .and_then(|i| i.plan())
         .and_then(Result::ok)
         .map_or(0, |p| p.records_planned());
+    let stored = count_lines(&path.join("points.jsonl")).await;
     {
         let mut j = state
             .job
@@ -403,7 +404,7 @@ pub async fn adopt(state: &Arc<State>) -> Option<String> {
             id: Some(id.clone()),
             request: None,
             planned,
-            stored: count_lines(&path.join("points.jsonl")).await,
+            stored,
             started_at: info.map(|i| i.started_at),
             finished_at: None,
             outcome: None,

@@ -219,12 +219,15 @@ fn engines_differ_where_attention_does() {
     assert_eq!(total("hf-eager"), ("transformers-eager".to_string(), hf));
     assert_eq!(total("flash"), ("transformers-sdpa".to_string(), flash));
     assert!(candle > hf && hf > flash, "{candle} {hf} {flash}");
+    // The serving-shaped candle engine holds no score buffer over the whole context either.
+    let chunked = by_name("candle-chunked");
+    assert!(chunked < candle / 2, "{chunked} {candle}");
     // A fused kernel needs only weights, cache and small activations: under 18.5 GB here.
     assert!(flash < 18_500_000_000, "{flash}");
     let o = vp("estimate --model models/meta-llama-3-8b-instruct --engine vllm");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("candle-eager, transformers-eager, transformers-sdpa"),
+        stderr(&o).contains("candle-eager, candle-chunked, transformers-eager, transformers-sdpa"),
         "{}",
         stderr(&o)
     );
