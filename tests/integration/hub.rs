@@ -368,3 +368,96 @@ fn an_unwritable_hub_cache_is_named() {
     );
     assert!(hub.requests().is_empty(), "{:?}", hub.requests());
 }
+
+/// The design card's flow through the daemon, on the CPU: `serve --bench-model owner/name
+/// --bench-on-start` downloads a gated model through hf-hub (the token from the environment)
+/// from a server that answers like the Hub, measures it, and /metrics carries its measured
+/// and estimated peaks; started again with HF_HUB_OFFLINE=1 it works from the cache.
+#[test]
+fn the_daemon_downloads_measures_and_exports_a_hub_model() {
+    use super::serve::{fake_gpu, Daemon};
+    let hub = Hub::start(HashMap::from([(
+        "vramprobe-test/gated-llama".to_string(),
+        tiny_repo(true),
+    )]));
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("hf-home");
+    let runs = dir.path().join("runs");
+    let fake = dir.path().join("nvml.json");
+    std::fs::write(&fake, fake_gpu(17_000_000_000)).unwrap();
+    let endpoint = hub.endpoint();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--runs-dir",
+        path_str(&runs),
+        "--fake-nvml",
+        path_str(&fake),
+        "--bench-model",
+        "vramprobe-test/gated-llama",
+        "--bench-batch",
+        "1",
+        "--bench-context",
+        "64,128",
+        "--bench-decode-steps",
+        "2",
+        "--bench-on-start",
+    ];
+    let series = "vramprobe_bench_measured_peak_bytes{model=\"gated-llama\",dtype=\"f32\",\
+                  engine=\"candle-eager\",device=\"cpu\",batch=\"1\",context=\"128\",\
+                  phase=\"prefill\",source=\"host_alloc\"}";
+    let d = Daemon::start_with(
+        &args,
+        &[
+            ("HF_ENDPOINT", endpoint.as_str()),
+            ("HF_HOME", path_str(&home)),
+            ("HF_TOKEN", TOKEN),
+        ],
+    );
+    d.wait_for(180, "the start-up sweep to end", |d| {
+        let j = d.json("/api/v1/bench");
+        j["running"] == false && !j["outcome"].is_null()
+    });
+    let j = d.json("/api/v1/bench");
+    assert_eq!(j["outcome"], "completed", "{j}");
+    assert_eq!(j["stored"], 4);
+    d.wait_for(30, "the run in the metrics", |d| {
+        d.metrics().contains(series)
+    });
+    let m = d.metrics();
+    assert!(m.contains("vramprobe_bench_estimated_peak_bytes{model=\"gated-llama\""));
+    assert!(
+        m.contains("vramprobe_gpu_memory_used_bytes"),
+        "the fake GPU is exported too"
+    );
+    let reqs = hub.requests();
+    assert!(
+        reqs.iter().any(|r| r.contains("model.safetensors")),
+        "the weights came from the Hub: {reqs:#?}"
+    );
+    assert!(!m.contains(TOKEN) && !d.get("/api/v1/bench").text().unwrap().contains(TOKEN));
+    drop(d);
+
+    // Offline, from the cache: the same sweep again, and not one request to the Hub.
+    let before = hub.requests().len();
+    let runs2 = dir.path().join("runs2");
+    let mut args2 = args.to_vec();
+    args2[3] = path_str(&runs2);
+    let d = Daemon::start_with(
+        &args2,
+        &[
+            ("HF_ENDPOINT", endpoint.as_str()),
+            ("HF_HOME", path_str(&home)),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    d.wait_for(180, "the offline sweep to end", |d| {
+        let j = d.json("/api/v1/bench");
+        j["running"] == false && !j["outcome"].is_null()
+    });
+    assert_eq!(d.json("/api/v1/bench")["outcome"], "completed");
+    d.wait_for(30, "the offline run in the metrics", |d| {
+        d.metrics().contains(series)
+    });
+    assert_eq!(hub.requests().len(), before, "offline means no request");
+}

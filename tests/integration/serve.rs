@@ -12,20 +12,38 @@ use std::time::{Duration, Instant};
 const H100_RUN: &str = "reports/gpu/2026-11-26-h100-80gb/llama3-8b-40gib-boundary";
 
 /// A running daemon, killed when dropped.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     base: String,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vramprobe"))
-            .arg("serve")
+        Daemon::start_with(args, &[])
+    }
+
+    /// Start `vramprobe serve ARGS` with `env` set (and the HF variables of the test's own
+    /// environment removed, so only what the test sets is seen).
+    pub(crate) fn start_with(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramprobe"));
+        cmd.arg("serve")
             .args(args)
             .current_dir(root())
             .env_remove("VRAMPROBE_LOG")
-            .env_remove("VRAMPROBE_TOKEN")
+            .env_remove("VRAMPROBE_TOKEN");
+        for k in [
+            "HF_TOKEN",
+            "HF_TOKEN_PATH",
+            "HF_HUB_OFFLINE",
+            "HF_HUB_CACHE",
+        ] {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -62,7 +80,7 @@ impl Daemon {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -70,20 +88,20 @@ impl Daemon {
         self.base.trim_start_matches("http://")
     }
 
-    fn get(&self, path: &str) -> reqwest::blocking::Response {
+    pub(crate) fn get(&self, path: &str) -> reqwest::blocking::Response {
         client().get(self.url(path)).send().unwrap()
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         self.get("/metrics").text().unwrap()
     }
 
-    fn json(&self, path: &str) -> Value {
+    pub(crate) fn json(&self, path: &str) -> Value {
         self.get(path).json().unwrap()
     }
 
     /// Poll `f` for up to `secs` seconds.
-    fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut(&Daemon) -> bool) {
+    pub(crate) fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut(&Daemon) -> bool) {
         let until = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < until {
             if f(self) {
@@ -97,7 +115,7 @@ impl Daemon {
         );
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
 }
@@ -117,7 +135,7 @@ fn client() -> reqwest::blocking::Client {
 }
 
 /// One fake H100 as NVML would describe it.
-fn fake_gpu(used: u64) -> String {
+pub(crate) fn fake_gpu(used: u64) -> String {
     let total: u64 = 85_520_809_984;
     let reserved: u64 = 555_483_136;
     serde_json::json!({
