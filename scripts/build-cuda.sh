@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Build the CUDA binary of vramprobe on a machine with no GPU (after scripts/cuda-toolchain.sh).
 #
-#   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh     # 80 A100, 89 RTX 4090/L40S, 90 H100/H200
+#   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh          # 80 A100, 89 RTX 4090/L40S, 90 H100/H200
+#   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh --lean   # without the Hub client
 #
-# Output: target/cuda/release/vramprobe, stripped (copy it to the GPU host with the scripts/
-# folder). It needs at start-up the driver's libcuda.so.1 and the CUDA 13 libraries
+# Flavours: the default is the user's build, `cuda` + `hub`: it downloads models with hf-hub
+# (HF_TOKEN, HF_HOME) and measures them on the GPU. `--lean` leaves the Hub client out (about
+# 240 crates of HTTP/TLS/xet), for a host with no network such as the lent GPU machine, where
+# only synthetic weights or a local directory are used. A host with a system CUDA toolkit can
+# simply `cargo build --release --features cuda` (the Hub is a default feature).
+#
+# Output: target/cuda/release/vramprobe (lean: target/cuda-lean/release/vramprobe), stripped,
+# and beside it vramprobe.xz (what to carry where bytes are counted: ~3.6x smaller). Copy it to
+# the GPU host with the scripts/ folder. It needs at start-up the driver's libcuda.so.1 and the CUDA 13 libraries
 # libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libcudart.so.13 and libnvrtc.so.13: on a host with a
 # PyTorch cu130 venv, scripts/gpu-validate.sh finds them.
 set -euo pipefail
@@ -21,11 +29,21 @@ export PATH="$CUDA_HOME/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$CUDA_HOME/lib:$CUDA_HOME/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$CUDA_HOME/lib -L native=$CUDA_HOME/lib/stubs"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/cuda}"
+
+features=(--features cuda,hub)
+flavour="cuda+hub"
+target="$root/target/cuda"
+case "${1:-}" in
+  --lean) features=(--no-default-features --features cuda); flavour="cuda (lean)"; target="$root/target/cuda-lean" ;;
+  "") ;;
+  *) echo "build-cuda: unknown option $1 (--lean)" >&2; exit 2 ;;
+esac
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$target}"
 
 start=$(date +%s)
-(cd "$root" && cargo build --release --locked --no-default-features --features cuda --bin vramprobe)
+(cd "$root" && cargo build --release --locked "${features[@]}" --bin vramprobe)
 bin="$CARGO_TARGET_DIR/release/vramprobe"
 strip "$bin"
-echo "build-cuda: $bin ($(du -h "$bin" | cut -f1), compute capability $CUDA_COMPUTE_CAP, $(( $(date +%s) - start )) s)" >&2
+xz -6 -T0 -k -f "$bin"
+echo "build-cuda: $flavour: $bin ($(du -h "$bin" | cut -f1); $bin.xz $(du -h "$bin.xz" | cut -f1)), compute capability $CUDA_COMPUTE_CAP, $(( $(date +%s) - start )) s" >&2
 echo "$bin"

@@ -24,6 +24,8 @@ cd "$root"
 out="${1:-${OUT:-$root/gpu-validate}}"
 mkdir -p "$out"
 bin="${VRAMPROBE_BIN:-$root/target/cuda/release/vramprobe}"
+# Carried compressed (scripts/build-cuda.sh writes vramprobe.xz beside the binary).
+if [ ! -x "$bin" ] && [ -f "$bin.xz" ]; then xz -dkf "$bin.xz" && chmod +x "$bin"; fi
 py="${PYTHON:-python3}"
 log="$out/log.txt"
 work="$(mktemp -d)"

@@ -5,7 +5,8 @@
 # - Debian's `chromium` (report.html in a real browser), `prometheus` (a real server scrapes
 #   the daemon; promtool lints the exposition and the rules) and `bsdutils` (`script`, a
 #   terminal for the progress bar test), through apt-get where apt exists; elsewhere it says
-#   what to install, and those tests are skipped with a one-line reason each.
+#   what to install, and those tests are skipped with a one-line reason each; PyYAML through
+#   pip (the offline check of deploy/kubernetes).
 # - `cargo test --release`: the release profile's dependencies are the ones `cargo run
 #   --release -- bench` (the README's main job) already compiled, so the tests build only
 #   vramprobe itself and the test-only crates.
@@ -20,6 +21,13 @@ missing() {
   command -v script >/dev/null 2>&1 || need+=(bsdutils)
   echo "${need[@]}"
 }
+
+# PyYAML (the offline check of deploy/kubernetes) for whichever python3 is first on PATH.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import yaml" 2>/dev/null; then
+  echo "scripts/test.sh: installing PyYAML (pip)"
+  python3 -m pip install -q pyyaml >/dev/null 2>&1 ||
+    echo "scripts/test.sh: pip could not install PyYAML" >&2
+fi
 
 need=$(missing)
 if [ -n "$need" ]; then

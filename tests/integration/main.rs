@@ -8,6 +8,7 @@ mod fuzz_regressions;
 mod gpu_reports;
 mod html;
 mod hub;
+mod image;
 mod layering;
 mod reliability;
 mod report;
