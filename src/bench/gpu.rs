@@ -5,7 +5,7 @@
 //! exist (`probe/cuda_pool_stub.rs`), `Accel::open` fails first with "built without CUDA",
 //! and CPU CI still type-checks all of this.
 
-use super::session::{run_info, Done, Model, Probes, Session};
+use super::session::{run_info, Done, Model, OverMemoryPoints, Probes, Session};
 use super::{BenchError, Sweep};
 use crate::estimate::cuda::CudaOverheads;
 use crate::estimate::{Backend, Workload};
@@ -130,6 +130,7 @@ pub(super) fn run(
     sweep: &Sweep,
     workloads: &[Workload],
     done: &Done,
+    over: &OverMemoryPoints,
     dir: &mut RunDir,
     on_point: &mut dyn FnMut(&PointRecord),
 ) -> Result<Vec<PointRecord>, BenchError> {
@@ -203,7 +204,7 @@ pub(super) fn run(
         },
         dir,
         done,
-        over_memory: Default::default(),
+        over_memory: over.clone(),
         points: Vec::new(),
     };
     session.sweep(workloads, on_point)?;

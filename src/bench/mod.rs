@@ -253,7 +253,7 @@ pub fn run(
     };
     match sweep.plan.device {
         DeviceChoice::Cpu => run_cpu(sweep, &workloads, &done, &over, &mut dir, &mut on_point),
-        DeviceChoice::Cuda => gpu::run(sweep, &workloads, &done, &mut dir, &mut on_point),
+        DeviceChoice::Cuda => gpu::run(sweep, &workloads, &done, &over, &mut dir, &mut on_point),
     }
 }
 
@@ -279,6 +279,37 @@ pub fn estimated_peak_bytes(sweep: &Sweep, w: Workload) -> u64 {
     }
 }
 
+/// A point's estimated peak as NVML will see the process on a GPU: the tensors plus the
+/// CUDA context, libraries and pool rounding (the H100 defaults: the run measures its own
+/// only after the device is open).
+pub fn estimated_process_bytes(sweep: &Sweep, w: Workload) -> u64 {
+    let o = estimate::cuda::CudaOverheads::default();
+    match sweep.plan.mode {
+        Mode::Inference => {
+            let e = sweep.estimate(Backend::Cuda, w);
+            [estimate::Phase::Prefill, estimate::Phase::Decode]
+                .into_iter()
+                .map(|p| estimate::cuda::process(&e, p, 0, &o).total_bytes())
+                .max()
+                .unwrap_or(0)
+        }
+        Mode::Train => estimated_peak_bytes(sweep, w)
+            .saturating_add(o.context_bytes)
+            .saturating_add(o.libraries_bytes),
+    }
+}
+
+/// What a GPU sweep may use, and where that figure comes from: `--memory-limit`, else the
+/// free memory of device 0 as NVML reports it (None without NVML: no guard then).
+fn gpu_available_bytes(sweep: &Sweep) -> Option<(u64, String)> {
+    if let Some(limit) = sweep.plan.memory_limit {
+        return Some((limit, "--memory-limit".into()));
+    }
+    let gpu = crate::probe::nvml::Gpu::open(0).ok()?;
+    let free = gpu.memory().ok()?.free;
+    Some((free, "NVML (free memory of GPU 0)".into()))
+}
+
 /// The memory guard for a sweep not started yet (the daemon asks it of every request):
 /// [`BenchError::Options`] naming the points that cannot fit, unless `--over-memory skip`.
 ///
@@ -297,14 +328,21 @@ pub fn check_memory(sweep: &Sweep) -> Result<(), BenchError> {
 /// [`BenchError::Options`] naming the points that cannot fit.
 fn memory_guard(sweep: &Sweep, workloads: &[Workload]) -> Result<OverMemoryPoints, BenchError> {
     let mut over = OverMemoryPoints::new();
-    if sweep.plan.device != DeviceChoice::Cpu {
+    if sweep.plan.over_memory == OverMemory::Run {
         return Ok(over); // on a GPU an out-of-memory point is a recorded result
     }
-    let Some((available, source)) = crate::probe::host::available_bytes() else {
+    let available = match sweep.plan.device {
+        DeviceChoice::Cpu => crate::probe::host::available_bytes().map(|(b, s)| (b, s.to_string())),
+        DeviceChoice::Cuda => gpu_available_bytes(sweep),
+    };
+    let Some((available, source)) = available else {
         return Ok(over);
     };
     for &w in workloads {
-        let est = estimated_peak_bytes(sweep, w);
+        let est = match sweep.plan.device {
+            DeviceChoice::Cpu => estimated_peak_bytes(sweep, w),
+            DeviceChoice::Cuda => estimated_process_bytes(sweep, w),
+        };
         let need = est
             .saturating_mul(100 + MEMORY_MARGIN_PERCENT)
             .div_ceil(100)
@@ -519,6 +557,61 @@ mod tests {
         assert_eq!(back.status, Status::Oom);
         assert_eq!(back.message.as_deref(), Some("CUDA_ERROR_OUT_OF_MEMORY"));
         assert!(back.error_ratio.is_nan());
+    }
+
+    /// On a GPU the guard holds each point's estimated process peak (tensors, context,
+    /// libraries) against `--memory-limit` (else NVML's free memory): `skip` records the
+    /// points that cannot fit, `refuse` stops before anything runs, `run` (the GPU default)
+    /// measures them all.
+    #[test]
+    fn the_gpu_guard_follows_the_flag() {
+        let spec = ModelSpec::from_path(std::path::Path::new("models/meta-llama-3-8b-instruct"))
+            .expect("llama config");
+        let sweep = |over_memory| Sweep {
+            plan: BenchPlan {
+                model: Some("models/meta-llama-3-8b-instruct".into()),
+                dtype: DType::BF16,
+                device: DeviceChoice::Cuda,
+                memory_limit: Some(20 << 30),
+                over_memory,
+                grid: Grid {
+                    batches: vec![1],
+                    contexts: vec![1024, 8000],
+                    decode_steps: 8,
+                },
+                ..BenchPlan::default()
+            },
+            spec: spec.clone(),
+            weights: WeightsSource::Synthetic { seed: 0 },
+            out: PathBuf::from("unused"),
+            command: vec![],
+            resume: false,
+            stop: None,
+        };
+        let s = sweep(OverMemory::Skip);
+        let w = s.plan.workloads(&s.spec).expect("grid");
+        let over = memory_guard(&s, &w).expect("skip");
+        assert_eq!(over.keys().copied().collect::<Vec<_>>(), vec![(1, 8000)]);
+        assert!(over[&(1, 8000)].contains("--memory-limit"), "{over:?}");
+        // The 1024-token point fits: its process estimate is under the limit.
+        assert!(estimated_process_bytes(&s, w[0]) < 20 << 30);
+        assert!(estimated_process_bytes(&s, w[1]) > 20 << 30);
+        let e = memory_guard(&sweep(OverMemory::Refuse), &w).expect_err("refuse");
+        assert!(e.to_string().contains("1 of 2 points cannot fit"), "{e}");
+        assert!(memory_guard(&sweep(OverMemory::Run), &w)
+            .expect("run")
+            .is_empty());
+        // `run` is the GPU's default and refused on the CPU.
+        assert_eq!(OverMemory::default_for(DeviceChoice::Cuda), OverMemory::Run);
+        let cpu = BenchPlan {
+            over_memory: OverMemory::Run,
+            ..BenchPlan::default()
+        };
+        assert!(cpu
+            .check()
+            .unwrap_err()
+            .to_string()
+            .starts_with("--over-memory needs a GPU"));
     }
 
     /// Measured on an H100: Llama-3-8B (32 heads) at batch 2 x 8192 (exactly 2^32 score

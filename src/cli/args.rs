@@ -363,11 +363,14 @@ pub struct BenchArgs {
     /// peak or for the part above the weights.
     #[arg(long, value_parser = parse_ratio)]
     pub max_error: Option<f64>,
-    /// Points whose estimate (plus 10% and 256 MiB) exceeds the memory this process can take
-    /// (on the CPU: MemAvailable, the cgroup's limit, `ulimit -v`): `refuse` the sweep before
-    /// anything runs (exit 2), or `skip` them, recorded as `oom` predicted and not run.
-    #[arg(long, default_value_t = OverMemory::Refuse)]
-    pub over_memory: OverMemory,
+    /// Points whose estimate (plus 10% and 256 MiB) exceeds the memory the device can give
+    /// (on the CPU: MemAvailable, the cgroup's limit, `ulimit -v`; on a GPU: --memory-limit,
+    /// else the free memory NVML reports, with the CUDA process terms): `refuse` the sweep
+    /// before anything runs (exit 2), `skip` them (recorded as `oom`, predicted and not run),
+    /// or `run` them (GPU only: an out-of-memory point is a result there)
+    /// [default: refuse on the CPU, run on a GPU].
+    #[arg(long)]
+    pub over_memory: Option<OverMemory>,
     /// Engine measured: candle-eager (candle-transformers' Llama) or candle-chunked
     /// (preallocated KV cache, chunked prefill, attention in bounded blocks).
     #[arg(long, default_value = "candle-eager")]
@@ -439,7 +442,9 @@ impl BenchArgs {
             find_boundary: self.find_boundary.then_some(self.boundary_step),
             memory_limit: self.memory_limit,
             max_position: self.max_position,
-            over_memory: self.over_memory,
+            over_memory: self
+                .over_memory
+                .unwrap_or(OverMemory::default_for(self.device)),
             engine: self.engine,
             prefill_chunk: self.chunked.prefill_chunk,
             kv_capacity: self.chunked.kv_capacity,

@@ -196,6 +196,12 @@ impl BenchPlan {
                 "must be at least 1",
             ));
         }
+        if self.over_memory == OverMemory::Run && self.device != DeviceChoice::Cuda {
+            return Err(PlanError::Needs {
+                field: Field::OverMemory,
+                needs: Need::Gpu,
+            });
+        }
         self.check_engine()
     }
 
@@ -334,7 +340,7 @@ impl BenchPlan {
         if let Some(m) = self.max_position {
             a.push(format!("--max-position={m}"));
         }
-        if !self.over_memory.is_refuse() {
+        if self.over_memory != OverMemory::default_for(self.device) {
             a.push(format!("--over-memory={}", self.over_memory));
         }
         if !self.engine.is_candle_eager() {

@@ -40,6 +40,7 @@ pub enum Field {
     MemoryLimit,
     MaxPosition,
     Engine,
+    OverMemory,
     PrefillChunk,
     KvCapacity,
     AttentionBlock,
@@ -64,6 +65,7 @@ impl Field {
             Field::MemoryLimit => "memory_limit",
             Field::MaxPosition => "max_position",
             Field::Engine => "engine",
+            Field::OverMemory => "over_memory",
             Field::PrefillChunk => "prefill_chunk",
             Field::KvCapacity => "kv_capacity",
             Field::AttentionBlock => "attention_block",
@@ -237,18 +239,30 @@ pub enum OverMemory {
     Refuse,
     /// Record those points as `oom`, predicted and not run, and measure the rest.
     Skip,
+    /// Measure them anyway (GPU only, and its default: an out-of-memory point is a recorded
+    /// result there and shows where the boundary is; on the CPU it would abort the process).
+    Run,
 }
 
 impl OverMemory {
-    /// The default (run.json leaves it out then).
+    /// The serialised default (run.json leaves it out then).
     pub fn is_refuse(&self) -> bool {
         *self == OverMemory::Refuse
+    }
+
+    /// What a sweep on `device` does unless told: refuse on the CPU, run on a GPU.
+    pub fn default_for(device: DeviceChoice) -> OverMemory {
+        match device {
+            DeviceChoice::Cpu => OverMemory::Refuse,
+            DeviceChoice::Cuda => OverMemory::Run,
+        }
     }
 }
 
 names!(OverMemory {
     Refuse => "refuse",
     Skip => "skip",
+    Run => "run",
 });
 
 /// Where a sweep measures.

@@ -123,16 +123,17 @@ impl BenchRequest {
                 },
             }),
         };
+        let device = match &self.device {
+            Some(d) => parse(Field::Device, d)?,
+            None => defaults.device,
+        };
         let plan = BenchPlan {
             model: self.model.clone(),
             dtype: match &self.dtype {
                 Some(d) => parse(Field::Dtype, d)?,
                 None => defaults.dtype,
             },
-            device: match &self.device {
-                Some(d) => parse(Field::Device, d)?,
-                None => defaults.device,
-            },
+            device,
             lora,
             grid: Grid {
                 batches: self.batch.clone().unwrap_or(defaults.grid.batches),
@@ -144,6 +145,7 @@ impl BenchRequest {
                 Some(e) => parse(Field::Engine, e)?,
                 None => defaults.engine,
             },
+            over_memory: crate::plan::OverMemory::default_for(device),
             prefill_chunk: self.prefill_chunk,
             kv_capacity: self.kv_capacity,
             attention_block: self.attention_block,
