@@ -333,9 +333,89 @@ fn step(
     }
 }
 
+/// Layers simulated before the step's peaks are extrapolated (see [`simulate_step`]).
+const SIMULATED_LAYERS: u64 = 8;
+/// Models with more layers than this are extrapolated; no published Llama has more than 126.
+const EXTRAPOLATE_ABOVE: u64 = 256;
+
 /// Simulate two training steps (the first creates the optimizer's moments) of `batch x
 /// context` tokens and return each phase's peak, as `bench --mode train` measures them.
+///
+/// Every layer is simulated up to [`EXTRAPOLATE_ABOVE`] layers (exact). Beyond, so that
+/// memory and time do not grow with an absurd layer count, the step is simulated at 6, 7 and
+/// 8 layers and each part of each phase's peak extended along its slope (the larger of the
+/// two when they differ: the layers are identical, so the live bytes at every moment are
+/// affine in their number and the peak is a maximum of such lines; equal to the full
+/// simulation wherever the slopes agree, as the tests check on Llama-3-8B).
 pub fn simulate_step(
+    spec: &ModelSpec,
+    dtype: DType,
+    cpu: bool,
+    batch: u64,
+    context: u64,
+    lora: Option<&LoraSetup>,
+) -> TrainPeaks {
+    if spec.num_layers > EXTRAPOLATE_ABOVE {
+        extrapolated(spec, dtype, cpu, batch, context, lora, false)
+            .unwrap_or_else(|| simulate_layers(spec, dtype, cpu, batch, context, lora))
+    } else {
+        simulate_layers(spec, dtype, cpu, batch, context, lora)
+    }
+}
+
+/// The peaks of [`simulate_step`] extended from 6, 7 and 8 layers (None for a model with
+/// fewer); with `exact`, only when the three agree on one slope per part.
+fn extrapolated(
+    spec: &ModelSpec,
+    dtype: DType,
+    cpu: bool,
+    batch: u64,
+    context: u64,
+    lora: Option<&LoraSetup>,
+    exact: bool,
+) -> Option<TrainPeaks> {
+    let l = spec.num_layers;
+    if l <= SIMULATED_LAYERS {
+        return None;
+    }
+    let at = |n: u64| {
+        let mut s = spec.clone();
+        s.num_layers = n;
+        simulate_layers(&s, dtype, cpu, batch, context, lora)
+    };
+    let (a, b, c) = (
+        at(SIMULATED_LAYERS - 2),
+        at(SIMULATED_LAYERS - 1),
+        at(SIMULATED_LAYERS),
+    );
+    let extra = l - SIMULATED_LAYERS;
+    // Each part's slope, if the three simulations agree on one.
+    let extend = |pa: &Parts, pb: &Parts, pc: &Parts| -> Option<Parts> {
+        let mut out = *pc;
+        for i in 0..out.0.len() {
+            let d1 = pb.0[i].saturating_sub(pa.0[i]);
+            let d2 = pc.0[i].saturating_sub(pb.0[i]);
+            if exact && (d1 != d2 || pb.0[i] < pa.0[i] || pc.0[i] < pb.0[i]) {
+                return None;
+            }
+            out.0[i] = pc.0[i].saturating_add(d1.max(d2).saturating_mul(extra));
+        }
+        Some(out)
+    };
+    let d1 = b.trainable_params - a.trainable_params;
+    let d2 = c.trainable_params - b.trainable_params;
+    (d1 == d2 || !exact).then_some(())?;
+    Some(TrainPeaks {
+        forward: extend(&a.forward, &b.forward, &c.forward)?,
+        backward: extend(&a.backward, &b.backward, &c.backward)?,
+        optimizer: extend(&a.optimizer, &b.optimizer, &c.optimizer)?,
+        optimizer_first: extend(&a.optimizer_first, &b.optimizer_first, &c.optimizer_first)?,
+        trainable_params: c.trainable_params + d2 * extra,
+    })
+}
+
+/// [`simulate_step`] over every layer of `spec`.
+fn simulate_layers(
     spec: &ModelSpec,
     dtype: DType,
     cpu: bool,
@@ -436,5 +516,42 @@ mod tests {
         assert!(p.backward.total() > 64_000_000_000 && p.backward.total() < 80_000_000_000);
         let long = simulate_step(&s, DType::BF16, false, 1, 1024, None);
         assert!(long.total_bytes() > 80_000_000_000);
+    }
+
+    /// The peaks extended from 6, 7 and 8 layers equal the full simulation's, part by part,
+    /// for full fine-tunes and LoRA, CPU and CUDA.
+    #[test]
+    fn extrapolated_layers_match_the_full_simulation() {
+        let lora = LoraSetup {
+            rank: 8,
+            targets: vec![Target::Q, Target::V],
+        };
+        let s = spec("meta-llama-3-8b-instruct");
+        let mut affine = 0;
+        for (cpu, dtype) in [(true, DType::F32), (false, DType::BF16)] {
+            for l in [None, Some(&lora)] {
+                let full = simulate_layers(&s, dtype, cpu, 2, 64, l);
+                if let Some(fast) = extrapolated(&s, dtype, cpu, 2, 64, l, true) {
+                    affine += 1;
+                    assert_eq!(fast, full, "cpu {cpu} lora {}", l.is_some());
+                }
+                // The approximation never falls below the full simulation.
+                let approx = extrapolated(&s, dtype, cpu, 2, 64, l, false).expect("32 layers");
+                assert!(approx.total_bytes() >= full.total_bytes(), "cpu {cpu}");
+            }
+        }
+        assert!(
+            affine >= 2,
+            "the slopes agree for Llama-3-8B ({affine} of 4)"
+        );
+        // An absurd depth costs no more than 8 layers' simulation, and its weights are there.
+        let mut deep = s.clone();
+        deep.num_layers = 16_384;
+        let t = simulate_step(&deep, DType::BF16, false, 1, 128, None);
+        assert!(
+            t.total_bytes() > 16_384 * 2 * 218_112_000,
+            "{}",
+            t.total_bytes()
+        );
     }
 }
