@@ -267,8 +267,7 @@ impl Dims {
         );
         r.free(AttentionScores, live);
         if transpose_copies(self.heads, qb) {
-            r.alloc(AttentionOutput, out * e);
-            r.free(AttentionOutput, out * e);
+            r.replace(AttentionOutput, out * e);
         }
         out * e
     }
@@ -287,26 +286,19 @@ impl Dims {
         self.chunked_linear(r, QkvProjections, rows, self.hidden, self.kv_width);
         r.free(HiddenStates, x);
         // q: heads first, rotary, scale.
-        if transpose_copies(c, self.heads) {
-            r.alloc(QkvProjections, q);
-            r.free(QkvProjections, q);
-        }
-        r.alloc(QkvProjections, q);
-        r.free(QkvProjections, q);
-        r.alloc(QkvProjections, q);
-        r.free(QkvProjections, q);
+        let heads_first = |r: &mut Replay, heads: u64, bytes: u64| {
+            if transpose_copies(c, heads) {
+                r.replace(QkvProjections, bytes);
+            }
+        };
+        heads_first(r, self.heads, q);
+        r.replace(QkvProjections, q);
+        r.replace(QkvProjections, q);
         // k: heads first, rotary, written into the cache; v: heads first, written.
-        if transpose_copies(c, self.kv_heads) {
-            r.alloc(QkvProjections, kv);
-            r.free(QkvProjections, kv);
-        }
-        r.alloc(QkvProjections, kv);
+        heads_first(r, self.kv_heads, kv);
+        r.replace(QkvProjections, kv);
         r.free(QkvProjections, kv);
-        r.free(QkvProjections, kv);
-        if transpose_copies(c, self.kv_heads) {
-            r.alloc(QkvProjections, kv);
-            r.free(QkvProjections, kv);
-        }
+        heads_first(r, self.kv_heads, kv);
         r.free(QkvProjections, kv);
         // Attention, block by block, into the chunk's output.
         let blocks = attention_blocks(b, self.heads, c, pos, k.attention_block);
@@ -331,8 +323,7 @@ impl Dims {
         let m = rows * self.inter * e;
         r.alloc(HiddenStates, x); // rms_norm
         self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // gate
-        r.alloc(Mlp, m); // silu
-        r.free(Mlp, m);
+        r.replace(Mlp, m); // silu
         self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // up
         r.free(HiddenStates, x);
         r.alloc(Mlp, m); // silu(gate) * up

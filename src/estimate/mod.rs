@@ -248,6 +248,13 @@ impl Replay {
         self.live.0[c as usize] -= bytes;
         self.total -= bytes;
     }
+
+    /// A tensor of `bytes` replaced by a new one of the same size (a copy, or an op's output
+    /// computed before its input is dropped): both exist for a moment.
+    pub(crate) fn replace(&mut self, c: Component, bytes: u64) {
+        self.alloc(c, bytes);
+        self.free(c, bytes);
+    }
 }
 
 /// Bytes in use per component at a phase's peak.
