@@ -207,11 +207,14 @@ pub struct QueryArgs {
     /// Engine whose allocations are modelled: candle-eager and candle-chunked (what `bench`
     /// runs), transformers-eager (transformers' eager attention; alias hf-eager),
     /// transformers-sdpa (transformers with SDPA: fused attention, preallocated KV cache;
-    /// alias flash).
+    /// alias flash), vllm (vLLM 0.11.0's memory plan: KV cache blocks, tokens and
+    /// concurrency on one GPU; needs --gpu for `estimate`).
     #[arg(long, default_value = "candle-eager")]
-    pub engine: EngineProfile,
+    pub engine: EngineArg,
     #[command(flatten)]
     pub chunked: ChunkedArgs,
+    #[command(flatten)]
+    pub vllm: VllmArgs,
     /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
     #[arg(long, default_value = "none")]
     pub quant: crate::estimate::Quant,
@@ -228,13 +231,14 @@ impl QueryArgs {
         &self,
         spec: &'a crate::spec::ModelSpec,
         dtype: DType,
+        engine: EngineProfile,
         workload: crate::estimate::Workload,
         overheads: crate::estimate::cuda::CudaOverheads,
     ) -> crate::estimate::fit::FitQuery<'a> {
         crate::estimate::fit::FitQuery {
             spec,
             dtype,
-            engine: self.engine,
+            engine,
             workload,
             overheads,
             quant: self.quant,
@@ -251,6 +255,10 @@ pub struct FitArgs {
     /// Only this GPU (an id from `vramprobe gpus`, or part of its name).
     #[arg(long)]
     pub gpu: Option<String>,
+    /// --engine vllm: requests served at once, each of --max-model-len tokens (or the
+    /// model's limit): per GPU, whether they fit, and the fewest GPUs that hold them.
+    #[arg(long)]
+    pub concurrency: Option<u64>,
     /// Prompt length [default: 4096, or the model's limit if smaller].
     #[arg(long)]
     pub context: Option<u64>,
@@ -275,6 +283,10 @@ pub struct EstimateArgs {
     /// Add the fit over the GPU catalogue (as `vramprobe fit`).
     #[arg(long)]
     pub fit: bool,
+    /// The GPU (an id from `vramprobe gpus`, or part of its name): the plan's card with
+    /// --engine vllm; with --fit, the only GPU fitted.
+    #[arg(long)]
+    pub gpu: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -377,6 +389,131 @@ pub struct BenchArgs {
     pub engine: EngineProfile,
     #[command(flatten)]
     pub chunked: ChunkedArgs,
+}
+
+/// What `--engine` names for `estimate` and `fit`: an engine whose allocations are replayed,
+/// or vLLM's memory plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineArg {
+    Profile(EngineProfile),
+    Vllm,
+}
+
+impl std::str::FromStr for EngineArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "vllm" {
+            return Ok(EngineArg::Vllm);
+        }
+        s.parse::<EngineProfile>()
+            .map(EngineArg::Profile)
+            .map_err(|e| e.replace("transformers-sdpa;", "transformers-sdpa, vllm;"))
+    }
+}
+
+/// vLLM's engine arguments (`--engine vllm` only), with vLLM's names and defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VllmArgs {
+    /// vllm: fraction of the GPU's memory vLLM takes [default: 0.9].
+    #[arg(long)]
+    pub gpu_memory_utilization: Option<f64>,
+    /// vllm: longest request in tokens [default: the config's max_position_embeddings].
+    #[arg(long)]
+    pub max_model_len: Option<u64>,
+    /// vllm: tokens per scheduler step, the profile run's size [default: vLLM's for the
+    /// GPU: 8192 on 70 GiB and larger cards but A100s, else 2048; offline 16384 / 8192].
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<u64>,
+    /// vllm: requests per step, the sampler warm-up's rows [default: 1024 on 70 GiB and
+    /// larger cards but A100s, else 256].
+    #[arg(long)]
+    pub max_num_seqs: Option<u64>,
+    /// vllm: tokens per KV cache block: 1, 8, 16, 32, 64, 128 [default: 16].
+    #[arg(long)]
+    pub block_size: Option<u64>,
+    /// vllm: GPUs the model is split over (tensor parallel) [default: 1].
+    #[arg(long)]
+    pub tensor_parallel_size: Option<u64>,
+    /// vllm: KV cache element type: auto (the model dtype), fp8 [default: auto].
+    #[arg(long)]
+    pub kv_cache_dtype: Option<crate::estimate::vllm::KvCacheDtype>,
+    /// vllm: weight quantization: none, fp8 (per-tensor scales), w8a8 (per-channel
+    /// scales), w4a16 (4-bit, groups of 128) [default: none].
+    #[arg(long)]
+    pub quantization: Option<crate::estimate::vllm::VllmQuant>,
+    /// vllm: no torch.compile and no CUDA graphs.
+    #[arg(long)]
+    pub enforce_eager: bool,
+    /// vllm: `server` (vllm serve) or `offline` (the LLM class): their batch defaults
+    /// differ [default: server].
+    #[arg(long)]
+    pub usage: Option<crate::estimate::vllm::Usage>,
+}
+
+impl VllmArgs {
+    /// The first vLLM flag given, for the error when the engine is not vllm.
+    pub fn first_given(&self) -> Option<&'static str> {
+        [
+            (
+                self.gpu_memory_utilization.is_some(),
+                "--gpu-memory-utilization",
+            ),
+            (self.max_model_len.is_some(), "--max-model-len"),
+            (
+                self.max_num_batched_tokens.is_some(),
+                "--max-num-batched-tokens",
+            ),
+            (self.max_num_seqs.is_some(), "--max-num-seqs"),
+            (self.block_size.is_some(), "--block-size"),
+            (
+                self.tensor_parallel_size.is_some(),
+                "--tensor-parallel-size",
+            ),
+            (self.kv_cache_dtype.is_some(), "--kv-cache-dtype"),
+            (self.quantization.is_some(), "--quantization"),
+            (self.enforce_eager, "--enforce-eager"),
+            (self.usage.is_some(), "--usage"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
+
+    /// The knobs, vLLM's defaults where not given.
+    pub fn knobs(&self) -> crate::estimate::vllm::VllmKnobs {
+        let d = crate::estimate::vllm::VllmKnobs::default();
+        crate::estimate::vllm::VllmKnobs {
+            gpu_memory_utilization: self
+                .gpu_memory_utilization
+                .unwrap_or(d.gpu_memory_utilization),
+            max_model_len: self.max_model_len,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            block_size: self.block_size.unwrap_or(d.block_size),
+            tensor_parallel_size: self.tensor_parallel_size.unwrap_or(d.tensor_parallel_size),
+            kv_cache_dtype: self.kv_cache_dtype.unwrap_or(d.kv_cache_dtype),
+            quantization: self.quantization.unwrap_or(d.quantization),
+            enforce_eager: self.enforce_eager,
+            usage: self.usage.unwrap_or(d.usage),
+        }
+    }
+}
+
+impl QueryArgs {
+    /// The engine whose allocations are replayed; a [`BadInput`] for vLLM flags given
+    /// without `--engine vllm`. `None` for vllm.
+    pub fn profile(&self) -> Result<Option<EngineProfile>, BadInput> {
+        match self.engine {
+            EngineArg::Vllm => Ok(None),
+            EngineArg::Profile(e) => match self.vllm.first_given() {
+                Some(flag) => Err(BadInput(format!(
+                    "{flag} is one of vLLM's settings: it needs --engine vllm (not {})",
+                    e.as_str()
+                ))),
+                None => Ok(Some(e)),
+            },
+        }
+    }
 }
 
 /// The chunked engine's settings, shared by `bench`, `estimate` and `fit`.

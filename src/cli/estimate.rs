@@ -1,7 +1,7 @@
 //! `vramprobe estimate`: bytes per component for a model, batch and context, instantly.
 
 use super::fit::fit_results;
-use super::{load_overheads, out, outln, print_assumed, EstimateArgs};
+use super::{load_overheads, out, outln, print_assumed, BadInput, EstimateArgs};
 use crate::estimate::candle_train::{self, LoraSetup, TrainPhase};
 use crate::estimate::cuda::{self as cuda_est, CudaOverheads, ProcessEstimate};
 use crate::estimate::fit::GpuFit;
@@ -34,6 +34,16 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         spec = spec.with_max_position(m)?;
     }
     let dtype = a.q.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
+    let Some(engine) = a.q.profile()? else {
+        return super::vllm::estimate(&a, &spec, dtype);
+    };
+    if a.gpu.is_some() && !a.fit {
+        return Err(BadInput(
+            "--gpu names the card of --engine vllm's plan, or with --fit the only GPU fitted"
+                .into(),
+        )
+        .into());
+    }
     let context = a.context.unwrap_or_else(|| {
         spec.max_position_embeddings
             .saturating_sub(a.q.decode_steps)
@@ -51,7 +61,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
             context: a.context.unwrap_or(spec.max_position_embeddings),
             ..w
         };
-        return run_train(&a, &spec, dtype, w);
+        return run_train(&a, &spec, dtype, engine, w);
     }
     let backend = match a.device {
         DeviceChoice::Cpu => Backend::Cpu,
@@ -60,7 +70,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
     let e = estimate::estimate_quantized(
         &spec,
         dtype,
-        a.q.engine,
+        engine,
         backend,
         w,
         a.q.quant,
@@ -76,8 +86,8 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
     });
     let fits = if a.fit {
         Some(fit_results(
-            &a.q.fit_query(&spec, dtype, w, overheads),
-            None,
+            &a.q.fit_query(&spec, dtype, engine, w, overheads),
+            a.gpu.as_deref(),
         )?)
     } else {
         None
@@ -94,7 +104,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
     if a.json {
         print_json(&a, &answer)
     } else {
-        print_table(&a, &answer);
+        print_table(&answer);
         Ok(())
     }
 }
@@ -141,13 +151,13 @@ fn print_json(a: &EstimateArgs, r: &Answer<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(a: &EstimateArgs, r: &Answer<'_>) {
+fn print_table(r: &Answer<'_>) {
     let e = &r.e;
     print_assumed(&r.assumed);
     out!("{}", report::estimate_table(&r.spec.name(), e));
     if let Some((p, d)) = &r.process {
         out!("{}", report::process_table(p, d, &r.overheads_source));
-        if a.q.engine != EngineProfile::CandleEager {
+        if e.engine != EngineProfile::CandleEager {
             outln!(
                 "(the process terms are candle's; PyTorch's caching allocator holds more: \
                  on the H100 at batch 1 x 8192, eager 48.3 GiB in NVML for 36.5 GiB allocated)"
@@ -166,7 +176,7 @@ fn print_table(a: &EstimateArgs, r: &Answer<'_>) {
     if let Some(fits) = &r.fits {
         out!(
             "\n{}",
-            report::fit_table(&r.spec.name(), e.dtype, a.q.engine, e.workload, fits)
+            report::fit_table(&r.spec.name(), e.dtype, e.engine, e.workload, fits)
         );
     }
 }
@@ -174,13 +184,19 @@ fn print_table(a: &EstimateArgs, r: &Answer<'_>) {
 /// One simulated phase of candle's training step: name, bytes, bytes by part.
 type SimulatedPhase = (&'static str, u64, BTreeMap<String, u64>);
 
-fn run_train(a: &EstimateArgs, spec: &ModelSpec, dtype: DType, w: Workload) -> anyhow::Result<()> {
+fn run_train(
+    a: &EstimateArgs,
+    spec: &ModelSpec,
+    dtype: DType,
+    engine: EngineProfile,
+    w: Workload,
+) -> anyhow::Result<()> {
     let setup = a.q.train.setup(a.q.quant)?;
-    let t = estimate_train(spec, dtype, a.q.engine, w.batch, w.context, &setup);
+    let t = estimate_train(spec, dtype, engine, w.batch, w.context, &setup);
     let rule = crate::estimate::rule_of_thumb(spec.param_count());
     // candle-eager: the step `bench --mode train` runs (candle-nn's AdamW, moments in the
     // model dtype, no checkpointing), simulated phase by phase.
-    let candle = (a.q.engine == EngineProfile::CandleEager).then(|| {
+    let candle = (engine == EngineProfile::CandleEager).then(|| {
         let lora = setup.lora.as_ref().map(|l| LoraSetup {
             rank: l.rank,
             targets: l.targets.clone(),
@@ -202,7 +218,7 @@ fn run_train(a: &EstimateArgs, spec: &ModelSpec, dtype: DType, w: Workload) -> a
     if a.json {
         let v = json!({
             "model": spec.name(), "config": spec.source, "mode": "train", "dtype": dtype,
-            "engine": a.q.engine.as_str(), "batch": w.batch, "context": w.context,
+            "engine": engine.as_str(), "batch": w.batch, "context": w.context,
             "params": spec.param_count(), "setup": setup, "train": t,
             "weights_bytes": t.weights_bytes,
             "kv_cache_bytes_per_token": crate::estimate::kv_cache_bytes_per_token(spec, dtype),

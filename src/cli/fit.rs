@@ -20,7 +20,7 @@ pub(super) fn fit_results(q: &FitQuery<'_>, only: Option<&str>) -> anyhow::Resul
 }
 
 /// The catalogue, or the one GPU `--gpu` names.
-fn select_gpus(only: Option<&str>) -> anyhow::Result<Vec<&'static GpuModel>> {
+pub(super) fn select_gpus(only: Option<&str>) -> anyhow::Result<Vec<&'static GpuModel>> {
     Ok(match only {
         None => gpus::CATALOGUE.iter().collect(),
         Some(name) => vec![gpus::find(name).ok_or_else(|| {
@@ -57,6 +57,12 @@ fn print_fit(
 pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
     let (spec, _) = ModelRef::of(Some(&a.q.model)).load(a.q.revision.as_deref(), false, true)?;
     let dtype = a.q.dtype.or(spec.torch_dtype).unwrap_or(DType::BF16);
+    let Some(engine) = a.q.profile()? else {
+        return super::vllm::fit(&a, &spec, dtype);
+    };
+    if a.concurrency.is_some() {
+        return Err(BadInput("--concurrency is for --engine vllm's plan".into()).into());
+    }
     let limit = spec
         .max_position_embeddings
         .saturating_sub(a.q.decode_steps)
@@ -69,7 +75,7 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
     };
     let w: Workload = grid.workloads(&spec)?[0];
     let (overheads, source) = load_overheads(a.q.calibration.as_deref())?;
-    let q = a.q.fit_query(&spec, dtype, w, overheads);
+    let q = a.q.fit_query(&spec, dtype, engine, w, overheads);
     if a.q.train.mode == Mode::Train {
         // A training step has no decode steps: the context is the whole sequence.
         let q = FitQuery {
@@ -81,7 +87,7 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
     let assumed = grid.assumptions(&spec);
     let fits = fit_results(&q, a.gpu.as_deref())?;
     let v = json!({
-        "model": spec.name(), "dtype": dtype, "engine": a.q.engine.as_str(), "mode": "inference",
+        "model": spec.name(), "dtype": dtype, "engine": engine.as_str(), "mode": "inference",
         "batch": w.batch, "context": w.context, "decode_steps": w.decode_steps,
         "overheads": overheads, "overheads_source": source, "assumed": assumed,
     });

@@ -10,6 +10,7 @@ mod fit;
 mod gpus;
 mod report;
 mod serve;
+mod vllm;
 
 pub use args::*;
 

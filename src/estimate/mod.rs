@@ -15,6 +15,7 @@ pub mod gpus;
 pub mod hf;
 pub mod train;
 pub mod train_graph;
+pub mod vllm;
 
 use crate::spec::{DType, ModelSpec};
 use serde::Serialize;
