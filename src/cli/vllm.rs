@@ -219,9 +219,8 @@ struct VllmFit {
     plan: VllmPlan,
     /// Whether `concurrency` requests of `max_model_len` tokens fit at once with that plan.
     holds: bool,
-    /// The fewest GPUs of this model (tensor parallel) that hold them, and the plan then.
-    tp_gpus: Option<u64>,
-    tp_plan: Option<VllmPlan>,
+    /// The fewest GPUs (replicas of a tensor-parallel group) that hold them.
+    deployment: Option<vllm::Deployment>,
 }
 
 pub(super) fn fit(a: &FitArgs, spec: &ModelSpec, dtype: DType) -> anyhow::Result<()> {
@@ -243,15 +242,14 @@ pub(super) fn fit(a: &FitArgs, spec: &ModelSpec, dtype: DType) -> anyhow::Result
     let mut fits = Vec::new();
     for gpu in select_gpus(a.gpu.as_deref())? {
         let plan = plan_or_bad(spec, dtype, gpu, &k, &env)?;
-        let tp = vllm::fewest_gpus(spec, dtype, gpu, &k, &env, requests, tokens);
+        let deployment = vllm::fewest_gpus(spec, dtype, gpu, &k, &env, requests, tokens);
         fits.push(VllmFit {
             gpu: gpu.id,
             name: gpu.name,
             memory_bytes: gpu.memory_bytes,
             holds: plan.holds(requests, tokens),
             plan,
-            tp_gpus: tp.as_ref().map(|p| p.tensor_parallel_size),
-            tp_plan: tp,
+            deployment,
         });
     }
     if a.json {
@@ -275,7 +273,7 @@ pub(super) fn fit(a: &FitArgs, spec: &ModelSpec, dtype: DType) -> anyhow::Result
         k.gpu_memory_utilization
     );
     outln!(
-        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>9} {:>6} {:>5}",
+        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>9} {:>6} {:>12}",
         "GPU",
         "memory",
         "usable",
@@ -285,7 +283,7 @@ pub(super) fn fit(a: &FitArgs, spec: &ModelSpec, dtype: DType) -> anyhow::Result
         "KV tokens",
         "max conc.",
         "holds",
-        "GPUs"
+        "GPUs (TPxDP)"
     );
     for f in &fits {
         let p = &f.plan;
@@ -299,7 +297,7 @@ pub(super) fn fit(a: &FitArgs, spec: &ModelSpec, dtype: DType) -> anyhow::Result
             ("-".into(), "-".into(), "-".into())
         };
         outln!(
-            "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>9} {:>6} {:>5}",
+            "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>9} {:>6} {:>12}",
             f.gpu,
             gib(f.memory_bytes as f64),
             gib(p.usable_bytes as f64),
@@ -309,12 +307,15 @@ pub(super) fn fit(a: &FitArgs, spec: &ModelSpec, dtype: DType) -> anyhow::Result
             tok,
             conc,
             if f.holds { "yes" } else { "no" },
-            f.tp_gpus.map_or("-".to_string(), |n| n.to_string())
+            f.deployment.as_ref().map_or("-".to_string(), |d| format!(
+                "{} ({}x{})",
+                d.gpus, d.tensor_parallel_size, d.replicas
+            ))
         );
     }
     outln!(
-        "(GiB; per GPU at tensor parallel {}; GPUs: the fewest, tensor parallel, that hold \
-         the requests; '-': no tensor-parallel size of this model does)",
+        "(GiB; per GPU at tensor parallel {}; GPUs: the fewest that hold the requests, as \
+         tensor-parallel size x replicas; '-': not even one request fits)",
         k.tensor_parallel_size
     );
     for f in fits.iter().filter(|f| !f.plan.starts()) {

@@ -662,8 +662,23 @@ pub fn tp_sizes(spec: &ModelSpec, k: &VllmKnobs) -> Vec<u64> {
         .collect()
 }
 
-/// The fewest GPUs of this model (tensor parallel) on which `requests` requests of
-/// `tokens` tokens fit at once, and the plan per GPU then.
+/// How many GPUs serve a load: replicas (data parallel) of a tensor-parallel group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deployment {
+    /// tensor_parallel_size x replicas.
+    pub gpus: u64,
+    pub tensor_parallel_size: u64,
+    pub replicas: u64,
+    /// Requests of the asked length one replica holds at once.
+    pub requests_per_replica: u64,
+    /// The plan of each GPU.
+    pub plan: VllmPlan,
+}
+
+/// The fewest GPUs of this model that hold `requests` requests of `tokens` tokens at once:
+/// for each tensor-parallel size vLLM accepts, as many replicas as the load needs; the
+/// fewest GPUs in all, the smaller tensor-parallel size on a tie (KV heads replicated
+/// beyond their count add no room, so more replicas can beat a larger group).
 pub fn fewest_gpus(
     spec: &ModelSpec,
     dtype: DType,
@@ -672,16 +687,29 @@ pub fn fewest_gpus(
     env: &VllmEnv,
     requests: u64,
     tokens: u64,
-) -> Option<VllmPlan> {
-    tp_sizes(spec, k).into_iter().find_map(|tp| {
-        let knobs = VllmKnobs {
-            tensor_parallel_size: tp,
-            ..*k
-        };
-        plan(spec, dtype, gpu, &knobs, env)
-            .ok()
-            .filter(|p| p.holds(requests, tokens))
-    })
+) -> Option<Deployment> {
+    tp_sizes(spec, k)
+        .into_iter()
+        .filter_map(|tp| {
+            let knobs = VllmKnobs {
+                tensor_parallel_size: tp,
+                ..*k
+            };
+            let plan = plan(spec, dtype, gpu, &knobs, env).ok()?;
+            if !plan.holds(1, tokens) {
+                return None;
+            }
+            let per_replica = plan.num_gpu_blocks / tokens.div_ceil(plan.block_size);
+            let replicas = requests.div_ceil(per_replica);
+            Some(Deployment {
+                gpus: tp.checked_mul(replicas)?,
+                tensor_parallel_size: tp,
+                replicas,
+                requests_per_replica: per_replica,
+                plan,
+            })
+        })
+        .min_by_key(|d| (d.gpus, d.tensor_parallel_size))
 }
 
 /// The lines vLLM 0.11.0 logs at INFO about memory, for a side-by-side check.

@@ -199,15 +199,16 @@ fn blocks_tokens_and_concurrency_round_as_vllm_does() {
     let p = plan(&s, DType::BF16, &H100_PUBLISHED, &k, &env(0.14)).unwrap();
     assert_eq!(p.block_bytes, 2 * 128 * 8 * 128 * 2 * 40);
     assert_eq!(p.kv_bytes_per_token, 163_840);
-    // Replace the available memory with vLLM's printed figure and redo its arithmetic.
-    let available = (28.20 * GIB) as u64;
-    let blocks = available / (p.block_bytes / 40) / 40;
-    assert_eq!(blocks, 1444);
-    assert_eq!(blocks * 128, 184_832);
+    // vLLM printed 184,832 tokens = 1,444 blocks of 128, which is 28.20 GiB of the
+    // 28.20 GiB available, and 11.55x at 16,000 tokens.
+    let blocks: u64 = 184_832 / 128;
+    assert_eq!(gib((blocks * p.block_bytes) as f64), "28.20");
     assert_eq!(
         format!("{:.2}", blocks as f64 / 16000u64.div_ceil(128) as f64),
         "11.55"
     );
+    // One block fewer would not print 184,832 tokens: the figures pin the arithmetic.
+    assert_ne!(gib(((blocks + 1) * p.block_bytes) as f64), "28.20");
     // And the plan's own: one byte short of a block is one block fewer.
     let whole = p.num_gpu_blocks;
     assert_eq!(whole, p.kv_cache_bytes as u64 / p.block_bytes);
@@ -444,7 +445,7 @@ fn defaults_follow_the_gpu_as_vllm_picks_them() {
 }
 
 #[test]
-fn fewest_gpus_finds_the_smallest_tensor_parallel_group() {
+fn fewest_gpus_counts_tensor_parallel_groups_and_replicas() {
     let s = llama33_70b();
     let g = gpus::find("h100-sxm").unwrap();
     let k = VllmKnobs {
@@ -452,24 +453,55 @@ fn fewest_gpus_finds_the_smallest_tensor_parallel_group() {
         ..VllmKnobs::default()
     };
     let e = VllmEnv::default();
-    // 70B in bf16 (131 GiB of weights) needs 2 H100s to start and more for 64 long requests.
+    let holds = |tp: u64, n: u64| {
+        plan(
+            &s,
+            DType::BF16,
+            g,
+            &VllmKnobs {
+                tensor_parallel_size: tp,
+                ..k
+            },
+            &e,
+        )
+        .unwrap()
+        .holds(n, 32_768)
+    };
+    // 70B in bf16 (131 GiB of weights): at TP 2 the weights leave less than one request.
     let one = fewest_gpus(&s, DType::BF16, g, &k, &e, 1, 32_768).unwrap();
-    assert_eq!(one.tensor_parallel_size, 2);
+    assert!(!holds(2, 1) && holds(4, 1));
+    assert_eq!(
+        (one.gpus, one.tensor_parallel_size, one.replicas),
+        (4, 4, 1)
+    );
+    // 64 requests: no single group holds them (beyond 8 GPUs the 8 KV heads are
+    // replicated), so replicas of a group do, with the fewest GPUs in all.
     let many = fewest_gpus(&s, DType::BF16, g, &k, &e, 64, 32_768).unwrap();
-    assert!(many.tensor_parallel_size > 2);
-    assert!(many.holds(64, 32_768));
-    let smaller = plan(
-        &s,
-        DType::BF16,
-        g,
-        &VllmKnobs {
-            tensor_parallel_size: many.tensor_parallel_size / 2,
-            ..k
-        },
-        &e,
-    )
-    .unwrap();
-    assert!(!smaller.holds(64, 32_768));
+    assert!(tp_sizes(&s, &k).into_iter().all(|tp| !holds(tp, 64)));
+    assert!(many.replicas > 1);
+    assert!(many.requests_per_replica * many.replicas >= 64);
+    assert!(many.plan.holds(many.requests_per_replica, 32_768));
+    assert!(!many.plan.holds(many.requests_per_replica + 1, 32_768));
+    for tp in tp_sizes(&s, &k) {
+        let p = plan(
+            &s,
+            DType::BF16,
+            g,
+            &VllmKnobs {
+                tensor_parallel_size: tp,
+                ..k
+            },
+            &e,
+        )
+        .unwrap();
+        if p.holds(1, 32_768) {
+            let per = p.num_gpu_blocks / 2048;
+            assert!(
+                tp * 64u64.div_ceil(per) >= many.gpus,
+                "TP {tp} would need fewer"
+            );
+        }
+    }
 }
 
 #[test]
