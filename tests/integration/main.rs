@@ -14,6 +14,7 @@ mod reliability;
 mod report;
 mod serve;
 mod train;
+mod vllm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
