@@ -558,3 +558,4 @@ fn log_lines_read_like_vllms() {
     assert_eq!(thousands(1_234_567), "1,234,567");
     assert_eq!(thousands(999), "999");
 }
+
