@@ -559,3 +559,54 @@ fn log_lines_read_like_vllms() {
     assert_eq!(thousands(999), "999");
 }
 
+#[test]
+fn every_supported_architecture_plans_with_its_own_tensors() {
+    // Qwen2 (q, k, v biases; tied embeddings on the small ones) and Mistral: vLLM's weights
+    // are the config's parameters, in bf16, plus the rotary cache.
+    for (json, tied_or_bias) in [
+        (
+            r#"{"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944,
+            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+            "vocab_size": 152064, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000, "tie_word_embeddings": false}"#,
+            "qwen2-7b",
+        ),
+        (
+            r#"{"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "vocab_size": 151936, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000, "tie_word_embeddings": true}"#,
+            "qwen2-0.5b",
+        ),
+        (
+            r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 32768, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+            "rms_norm_eps": 1e-5, "rope_theta": 1000000}"#,
+            "mistral-7b-v0.3",
+        ),
+    ] {
+        let s = spec(json);
+        let (w, rotary) = weights_bytes(&s, DType::BF16, &VllmKnobs::default());
+        assert_eq!(
+            rotary,
+            s.max_position_embeddings * s.head_dim * 2,
+            "{tied_or_bias}"
+        );
+        assert_eq!(w, s.param_count() * 2 + rotary, "{tied_or_bias}");
+        let p = plan(
+            &s,
+            DType::BF16,
+            gpus::find("h100-sxm").unwrap(),
+            &VllmKnobs::default(),
+            &VllmEnv::default(),
+        )
+        .unwrap();
+        assert!(p.starts(), "{tied_or_bias}: {:?}", p.error);
+        assert_eq!(p.kv_bytes_per_token, kv_per_token(&s), "{tied_or_bias}");
+    }
+}
+
+fn kv_per_token(s: &ModelSpec) -> u64 {
+    crate::estimate::kv_cache_bytes_per_token(s, DType::BF16)
+}
