@@ -59,6 +59,26 @@ pub struct ServeArgs {
     /// FAKE NVML for machines without a GPU: devices read from this JSON file at every poll.
     #[arg(long, env = "VRAMPROBE_FAKE_NVML")]
     pub fake_nvml: Option<PathBuf>,
+    /// The host's /proc (mounted into the daemon's container, or hostPID): GPU processes
+    /// are attributed to containers and pods through <proc-root>/<pid>/cgroup.
+    #[arg(long, env = "VRAMPROBE_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// Do not attribute GPU memory to containers and pods.
+    #[arg(long, env = "VRAMPROBE_NO_CONTAINERS")]
+    pub no_containers: bool,
+    /// The most container series exported (the largest kept; the rest counted in
+    /// vramprobe_gpu_container_series_dropped_total).
+    #[arg(long, env = "VRAMPROBE_MAX_CONTAINERS", default_value_t = crate::serve::pods::DEFAULT_MAX_CONTAINERS)]
+    pub max_containers: usize,
+    /// A serving engine's Prometheus endpoint on this node (vLLM, SGLang), scraped at the
+    /// poll interval; repeatable (e.g. http://127.0.0.1:8000/metrics).
+    #[arg(long, env = "VRAMPROBE_ENGINE_METRICS", value_delimiter = ',')]
+    pub engine_metrics: Vec<crate::serve::engines::Endpoint>,
+    /// NAME=CONFIG: the model an engine reports as NAME (its model_name label) is the one
+    /// of CONFIG (a model directory or config.json): its predicted KV cache and weights are
+    /// exported beside the engine's figures; repeatable.
+    #[arg(long, env = "VRAMPROBE_ENGINE_MODEL", value_parser = parse_engine_model)]
+    pub engine_model: Vec<(String, PathBuf)>,
     /// Run a sweep when the daemon starts.
     #[arg(long, env = "VRAMPROBE_BENCH_ON_START")]
     pub bench_on_start: bool,
@@ -99,6 +119,17 @@ pub struct ServeArgs {
     /// killed (what it stored is kept either way).
     #[arg(long, env = "VRAMPROBE_SHUTDOWN_GRACE", default_value = "120s", value_parser = parse_duration)]
     pub shutdown_grace: std::time::Duration,
+}
+
+fn parse_engine_model(s: &str) -> Result<(String, PathBuf), String> {
+    match s.rsplit_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "\"{s}\": NAME=CONFIG (e.g. meta-llama/Meta-Llama-3-8B-Instruct=models/meta-llama-3-8b-instruct)"
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

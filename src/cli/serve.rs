@@ -13,6 +13,10 @@ pub(super) fn run(a: ServeArgs) -> anyhow::Result<()> {
         poll_interval: a.poll_interval,
         per_process: a.per_process,
         fake_nvml: a.fake_nvml,
+        proc_root: (!a.no_containers).then_some(a.proc_root),
+        max_containers: a.max_containers,
+        engines: a.engine_metrics,
+        engine_models: a.engine_model,
         bench_on_start: a.bench_on_start,
         bench_every: a.bench_every,
         bench_defaults: BenchRequest {

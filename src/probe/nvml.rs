@@ -160,6 +160,89 @@ pub struct DeviceSnapshot {
     /// (pid, bytes) of compute processes, when asked for.
     #[serde(default)]
     pub processes: Vec<(u32, Option<u64>)>,
+    /// MIG instances, when MIG mode is on (their processes are listed there, not above).
+    #[serde(default)]
+    pub mig: Vec<MigSnapshot>,
+    /// ECC and page-retirement counters (each `None` where the GPU does not support it).
+    #[serde(default)]
+    pub health: MemoryHealth,
+}
+
+/// One MIG instance of a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigSnapshot {
+    /// The MIG device's index on its parent GPU.
+    pub index: u32,
+    pub uuid: String,
+    pub memory: DeviceMemory,
+    #[serde(default)]
+    pub processes: Vec<(u32, Option<u64>)>,
+}
+
+/// Device memory health: ECC error counts, retired pages, remapped rows. A field is `None`
+/// where NVML does not support it on this GPU (exported as absent, not as zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryHealth {
+    pub ecc_corrected_volatile: Option<u64>,
+    pub ecc_uncorrected_volatile: Option<u64>,
+    pub ecc_corrected_aggregate: Option<u64>,
+    pub ecc_uncorrected_aggregate: Option<u64>,
+    /// Pages retired after multiple single-bit errors, and after a double-bit error
+    /// (GPUs before Ampere).
+    pub retired_pages_single_bit: Option<u64>,
+    pub retired_pages_double_bit: Option<u64>,
+    pub retired_pages_pending: Option<bool>,
+    /// Rows remapped after correctable and uncorrectable errors, a remap pending a GPU
+    /// reset, a remap that failed (Ampere and later; nvml-wrapper 0.13 does not wrap
+    /// `nvmlDeviceGetRemappedRows`, so only the fake NVML fills these for now).
+    pub remapped_rows_correctable: Option<u64>,
+    pub remapped_rows_uncorrectable: Option<u64>,
+    pub remapped_rows_pending: Option<bool>,
+    pub remapped_rows_failed: Option<bool>,
+}
+
+fn health_of(d: &nvml_wrapper::Device<'_>) -> MemoryHealth {
+    use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, RetirementCause};
+    let ecc = |e, c| d.total_ecc_errors(e, c).ok();
+    let retired = |c| d.retired_pages(c).ok().map(|v| v.len() as u64);
+    MemoryHealth {
+        ecc_corrected_volatile: ecc(MemoryError::Corrected, EccCounter::Volatile),
+        ecc_uncorrected_volatile: ecc(MemoryError::Uncorrected, EccCounter::Volatile),
+        ecc_corrected_aggregate: ecc(MemoryError::Corrected, EccCounter::Aggregate),
+        ecc_uncorrected_aggregate: ecc(MemoryError::Uncorrected, EccCounter::Aggregate),
+        retired_pages_single_bit: retired(RetirementCause::MultipleSingleBitEccErrors),
+        retired_pages_double_bit: retired(RetirementCause::DoubleBitEccError),
+        retired_pages_pending: d.are_pages_pending_retired().ok(),
+        ..MemoryHealth::default()
+    }
+}
+
+/// The MIG instances of a GPU in MIG mode (empty otherwise, or where NVML cannot say).
+fn mig_of(d: &nvml_wrapper::Device<'_>, processes: bool) -> Result<Vec<MigSnapshot>, NvmlError> {
+    let on = d.mig_mode().is_ok_and(|m| m.current == 1);
+    if !on {
+        return Ok(Vec::new());
+    }
+    let slots = d.mig_device_count().map_err(call)?;
+    let mut out = Vec::new();
+    for i in 0..slots {
+        // Empty slots answer NotFound.
+        let Ok(m) = d.mig_device_by_index(i) else {
+            continue;
+        };
+        out.push(MigSnapshot {
+            index: i,
+            uuid: m.uuid().map_err(call)?,
+            memory: memory_of(&m)?,
+            processes: if processes {
+                processes_of(&m)?
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// Every GPU of the machine through one NVML handle (the daemon's view).
@@ -187,14 +270,18 @@ impl Fleet {
         (0..n)
             .map(|i| {
                 let d = self.nvml.device_by_index(i).map_err(call)?;
+                let mig = mig_of(&d, processes)?;
                 Ok(DeviceSnapshot {
                     info: info_of(&self.nvml, &d, i)?,
                     memory: memory_of(&d)?,
-                    processes: if processes {
+                    // In MIG mode the processes are listed per instance.
+                    processes: if processes && mig.is_empty() {
                         processes_of(&d)?
                     } else {
                         Vec::new()
                     },
+                    mig,
+                    health: health_of(&d),
                 })
             })
             .collect()

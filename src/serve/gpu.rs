@@ -76,6 +76,9 @@ impl GpuSource for FakeNvml {
             .map(|mut d| {
                 if !processes {
                     d.processes.clear();
+                    for m in &mut d.mig {
+                        m.processes.clear();
+                    }
                 }
                 d
             })
@@ -96,6 +99,18 @@ pub struct GpuState {
     pub failures_total: u64,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
+    /// The devices' processes attributed to containers (when on).
+    pub attribution: Option<super::pods::Attribution>,
+    /// Container series left out by the cap, summed over polls.
+    pub containers_dropped_total: u64,
+}
+
+/// Attribution of processes to containers, done by the poller after each collection.
+#[derive(Debug)]
+pub struct Attributor {
+    pub resolver: super::pods::Resolver,
+    /// The most container series exported.
+    pub cap: usize,
 }
 
 /// The next wait: the poll interval after a success, doubling per consecutive failure up
@@ -116,12 +131,18 @@ pub fn poll(
     mut source: Box<dyn GpuSource>,
     interval: Duration,
     processes: bool,
+    mut attributor: Option<Attributor>,
     state: Arc<RwLock<GpuState>>,
     stop: std::sync::mpsc::Receiver<()>,
 ) {
     loop {
         let start = Instant::now();
-        let result = source.collect(processes);
+        let result = source.collect(processes || attributor.is_some());
+        // /proc is read here, off the lock: a scrape never waits on it.
+        let attribution = match (&result, attributor.as_mut()) {
+            (Ok(devices), Some(a)) => Some(super::pods::attribute(devices, &mut a.resolver, a.cap)),
+            _ => None,
+        };
         let took = start.elapsed();
         let wait = {
             let mut s = state
@@ -134,6 +155,10 @@ pub fn poll(
                         tracing::info!(after = s.consecutive_failures, "NVML answers again");
                     }
                     s.up = true;
+                    if let Some(a) = &attribution {
+                        s.containers_dropped_total += a.dropped;
+                    }
+                    s.attribution = attribution;
                     s.devices = devices;
                     s.last_success = Some(SystemTime::now());
                     s.consecutive_failures = 0;

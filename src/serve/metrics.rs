@@ -129,6 +129,23 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
     ConstCounter::new(v).encode(m)
 }
 
+/// A counter family with labels (the encoder appends `_total`).
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> std::fmt::Result {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 /// An `_info` family: one descriptor, one sample of value 1 per label set.
 fn info(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[Labels]) -> std::fmt::Result {
     if rows.is_empty() {
@@ -139,6 +156,66 @@ fn info(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[Labels]) ->
         Info::new(Labels::new()).encode(m.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// The devices' memory per container and pod, what no process accounts for, and the
+/// processes whose container could not be read.
+fn encode_attribution(
+    enc: &mut DescriptorEncoder,
+    a: &super::pods::Attribution,
+    dropped_total: u64,
+) -> std::fmt::Result {
+    let rows: Vec<(Labels, u64)> = a
+        .containers
+        .iter()
+        .map(|c| {
+            (
+                vec![
+                    ("gpu", c.gpu.clone()),
+                    ("uuid", c.uuid.clone()),
+                    ("pod_uid", c.owner.pod_uid.clone()),
+                    ("container_id", c.owner.container_id.clone()),
+                ],
+                c.bytes,
+            )
+        })
+        .collect();
+    gauge(
+        enc,
+        "vramprobe_gpu_container_memory_used_bytes",
+        "Device memory of a container's GPU processes (NVML per process, container from the host's \
+         /proc/<pid>/cgroup; pod_uid empty outside Kubernetes, both empty outside containers).",
+        &rows,
+    )?;
+    let per_gpu = |v: &[(String, String, u64)]| -> Vec<(Labels, u64)> {
+        v.iter()
+            .map(|(g, u, b)| (vec![("gpu", g.clone()), ("uuid", u.clone())], *b))
+            .collect()
+    };
+    gauge(
+        enc,
+        "vramprobe_gpu_memory_unattributed_bytes",
+        "Device memory in use that no listed process accounts for (used minus the processes' sum).",
+        &per_gpu(&a.unattributed),
+    )?;
+    gauge(
+        enc,
+        "vramprobe_gpu_process_memory_unresolved_bytes",
+        "Device memory of processes whose /proc entry could not be read (exited, or not the host's PIDs).",
+        &per_gpu(&a.unresolved),
+    )?;
+    gauge(
+        enc,
+        "vramprobe_gpu_container_series",
+        "Container series exported at the last poll (at most --max-containers).",
+        &[(vec![], a.containers.len() as u64)],
+    )?;
+    counters(
+        enc,
+        "vramprobe_gpu_container_series_dropped",
+        "Container series left out by --max-containers, summed over polls.",
+        &[(vec![], dropped_total)],
+    )
 }
 
 /// The labels of one stored point.
@@ -182,6 +259,7 @@ impl Collector for DaemonCollector {
             &[(vec![], secs(s.started))],
         )?;
         self.encode_gpu(&mut enc)?;
+        self.encode_engines(&mut enc)?;
         self.encode_sweep(&mut enc)
     }
 }
@@ -269,6 +347,11 @@ impl DaemonCollector {
                 g.devices.iter().map(|d| (id(d), f(&d.memory))).collect();
             gauge(enc, name, help, &rows)?;
         }
+        self.encode_mig(enc, &g.devices)?;
+        self.encode_health(enc, &g.devices)?;
+        if let Some(a) = &g.attribution {
+            encode_attribution(enc, a, g.containers_dropped_total)?;
+        }
         if self.state.opts.per_process {
             let rows: Vec<(Labels, u64)> = g
                 .devices
@@ -287,6 +370,257 @@ impl DaemonCollector {
             )?;
         }
         Ok(())
+    }
+
+    fn encode_mig(
+        &self,
+        enc: &mut DescriptorEncoder,
+        devices: &[crate::probe::nvml::DeviceSnapshot],
+    ) -> std::fmt::Result {
+        type Field = fn(&crate::probe::nvml::DeviceMemory) -> u64;
+        let fields: [(&str, &str, Field); 3] = [
+            (
+                "vramprobe_gpu_mig_memory_total_bytes",
+                "A MIG instance's device memory in all (NVML).",
+                |m| m.total,
+            ),
+            (
+                "vramprobe_gpu_mig_memory_used_bytes",
+                "A MIG instance's device memory in use (NVML).",
+                |m| m.used,
+            ),
+            (
+                "vramprobe_gpu_mig_memory_free_bytes",
+                "A MIG instance's device memory free (NVML).",
+                |m| m.free,
+            ),
+        ];
+        for (name, help, f) in fields {
+            let rows: Vec<(Labels, u64)> = devices
+                .iter()
+                .flat_map(|d| {
+                    d.mig.iter().map(move |m| {
+                        (
+                            vec![
+                                ("gpu", d.info.index.to_string()),
+                                ("uuid", d.info.uuid.clone()),
+                                ("mig_index", m.index.to_string()),
+                                ("mig_uuid", m.uuid.clone()),
+                            ],
+                            f(&m.memory),
+                        )
+                    })
+                })
+                .collect();
+            gauge(enc, name, help, &rows)?;
+        }
+        Ok(())
+    }
+
+    fn encode_health(
+        &self,
+        enc: &mut DescriptorEncoder,
+        devices: &[crate::probe::nvml::DeviceSnapshot],
+    ) -> std::fmt::Result {
+        let id = |d: &crate::probe::nvml::DeviceSnapshot| -> Labels {
+            vec![
+                ("gpu", d.info.index.to_string()),
+                ("uuid", d.info.uuid.clone()),
+            ]
+        };
+        let mut ecc = Vec::new();
+        let mut retired = Vec::new();
+        let mut remapped = Vec::new();
+        let mut retired_pending = Vec::new();
+        let mut remap_pending = Vec::new();
+        let mut remap_failed = Vec::new();
+        for d in devices {
+            let h = &d.health;
+            for (kind, counter, v) in [
+                ("corrected", "volatile", h.ecc_corrected_volatile),
+                ("uncorrected", "volatile", h.ecc_uncorrected_volatile),
+                ("corrected", "aggregate", h.ecc_corrected_aggregate),
+                ("uncorrected", "aggregate", h.ecc_uncorrected_aggregate),
+            ] {
+                if let Some(v) = v {
+                    let l = with(with(id(d), "error_type", kind), "counter", counter);
+                    ecc.push((l, v));
+                }
+            }
+            for (cause, v) in [
+                ("multiple_single_bit", h.retired_pages_single_bit),
+                ("double_bit", h.retired_pages_double_bit),
+            ] {
+                if let Some(v) = v {
+                    retired.push((with(id(d), "cause", cause), v));
+                }
+            }
+            for (kind, v) in [
+                ("correctable", h.remapped_rows_correctable),
+                ("uncorrectable", h.remapped_rows_uncorrectable),
+            ] {
+                if let Some(v) = v {
+                    remapped.push((with(id(d), "error_type", kind), v));
+                }
+            }
+            if let Some(p) = h.retired_pages_pending {
+                retired_pending.push((id(d), i64::from(p)));
+            }
+            if let Some(p) = h.remapped_rows_pending {
+                remap_pending.push((id(d), i64::from(p)));
+            }
+            if let Some(p) = h.remapped_rows_failed {
+                remap_failed.push((id(d), i64::from(p)));
+            }
+        }
+        counters(
+            enc,
+            "vramprobe_gpu_ecc_errors",
+            "ECC memory errors (NVML; volatile since the driver loaded, aggregate over the GPU's life).",
+            &ecc,
+        )?;
+        counters(
+            enc,
+            "vramprobe_gpu_retired_pages",
+            "Device memory pages retired, by cause (NVML; GPUs before Ampere).",
+            &retired,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_gpu_retired_pages_pending",
+            "1 when a page retirement waits for the next driver load (NVML).",
+            &retired_pending,
+        )?;
+        counters(
+            enc,
+            "vramprobe_gpu_remapped_rows",
+            "Device memory rows remapped, by the error that caused it (NVML; Ampere and later).",
+            &remapped,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_gpu_remapped_rows_pending",
+            "1 when a row remap waits for a GPU reset (NVML).",
+            &remap_pending,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_gpu_remapped_rows_failed",
+            "1 when a row remap failed: the GPU needs service (NVML).",
+            &remap_failed,
+        )
+    }
+
+    fn encode_engines(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let readings = self
+            .state
+            .engines
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if readings.is_empty() {
+            return Ok(());
+        }
+        let ep =
+            |r: &super::engines::EngineReading| -> Labels { vec![("endpoint", r.url.clone())] };
+        let up: Vec<(Labels, i64)> = readings.iter().map(|r| (ep(r), i64::from(r.up))).collect();
+        gauge(
+            enc,
+            "vramprobe_engine_up",
+            "1 when the serving engine's /metrics answered the last scrape.",
+            &up,
+        )?;
+        let errs: Vec<(Labels, u64)> = readings.iter().map(|r| (ep(r), r.errors_total)).collect();
+        counters(
+            enc,
+            "vramprobe_engine_scrape_errors",
+            "Scrapes of the engine's /metrics that failed (refused, timed out, bad status).",
+            &errs,
+        )?;
+        let took: Vec<(Labels, f64)> = readings
+            .iter()
+            .map(|r| (ep(r), r.duration.as_secs_f64()))
+            .collect();
+        gauge(
+            enc,
+            "vramprobe_engine_scrape_duration_seconds",
+            "How long the last scrape of the engine took.",
+            &took,
+        )?;
+        let mut usage = Vec::new();
+        let mut blocks = Vec::new();
+        let mut tokens = Vec::new();
+        let mut predicted_kv = Vec::new();
+        let mut predicted_used = Vec::new();
+        let mut predicted_weights = Vec::new();
+        for r in readings.iter().filter(|r| r.up) {
+            for m in &r.models {
+                let l = vec![
+                    ("endpoint", r.url.clone()),
+                    ("engine", m.engine.to_string()),
+                    ("model", m.model.clone()),
+                ];
+                if let Some(u) = m.kv_usage_ratio {
+                    usage.push((l.clone(), u));
+                }
+                if let Some(b) = m.kv_blocks {
+                    blocks.push((l.clone(), b));
+                }
+                let capacity = m
+                    .kv_blocks
+                    .zip(m.block_size)
+                    .map(|(b, s)| b.saturating_mul(s));
+                if let Some(t) = capacity {
+                    tokens.push((l.clone(), t));
+                }
+                if let Some(p) = self.state.predictions.get(&m.model) {
+                    predicted_weights.push((l.clone(), p.weights_bytes));
+                    if let Some(t) = capacity {
+                        let bytes = t.saturating_mul(p.kv_bytes_per_token);
+                        predicted_kv.push((l.clone(), bytes));
+                        if let Some(u) = m.kv_usage_ratio {
+                            predicted_used.push((l.clone(), (bytes as f64 * u).round()));
+                        }
+                    }
+                }
+            }
+        }
+        gauge(
+            enc,
+            "vramprobe_engine_kv_cache_usage_ratio",
+            "Fraction of the engine's KV cache in use (vLLM kv_cache_usage_perc, SGLang token_usage).",
+            &usage,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_engine_kv_cache_blocks",
+            "Blocks in the engine's KV cache (vLLM num_gpu_blocks; SGLang: tokens, one per block).",
+            &blocks,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_engine_kv_cache_tokens",
+            "Tokens the engine's KV cache holds (blocks x block size).",
+            &tokens,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_engine_predicted_kv_cache_bytes",
+            "vramprobe's bytes for that many KV tokens of this model (over all its GPUs; --engine-model).",
+            &predicted_kv,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_engine_predicted_kv_cache_used_bytes",
+            "The predicted KV cache bytes times the engine's usage ratio.",
+            &predicted_used,
+        )?;
+        gauge(
+            enc,
+            "vramprobe_engine_predicted_weights_bytes",
+            "vramprobe's bytes for this model's weights as vLLM loads them (--engine-model).",
+            &predicted_weights,
+        )
     }
 
     fn encode_sweep(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {

@@ -2,10 +2,12 @@
 //! runs directory, runs sweeps on request (one at a time, in a child process), and answers
 //! `/metrics`, `/healthz`, `/`, `/api/v1/runs` and `/api/v1/bench`.
 
+pub mod engines;
 pub mod gpu;
 mod http;
 pub mod job;
 pub mod metrics;
+pub mod pods;
 pub mod runs;
 
 use std::net::SocketAddr;
@@ -41,6 +43,15 @@ pub struct ServeOptions {
     pub per_process: bool,
     /// FAKE NVML from a JSON file (machines without a GPU; see [`gpu::FakeNvml`]).
     pub fake_nvml: Option<PathBuf>,
+    /// Attribute GPU processes to containers and pods through `<proc_root>/<pid>/cgroup`
+    /// (None: off).
+    pub proc_root: Option<PathBuf>,
+    /// The most container series exported.
+    pub max_containers: usize,
+    /// Serving engines' /metrics scraped beside the GPUs.
+    pub engines: Vec<engines::Endpoint>,
+    /// Model names as engines report them -> the config vramprobe predicts them from.
+    pub engine_models: Vec<(String, PathBuf)>,
     pub bench_on_start: bool,
     pub bench_every: Option<Duration>,
     /// What a sweep measures where the request does not say.
@@ -78,6 +89,10 @@ pub struct State {
     pub bench_text: RwLock<Arc<metrics::BenchText>>,
     pub job: Mutex<job::JobState>,
     pub job_done: tokio::sync::Notify,
+    /// The last scrape of each `--engine-metrics` endpoint.
+    pub engines: RwLock<Vec<engines::EngineReading>>,
+    /// What vramprobe predicts for the models named by `--engine-model`.
+    pub predictions: std::collections::BTreeMap<String, engines::Prediction>,
     shutting_down: AtomicBool,
     /// A refresh of the runs directory is reading the disk (at most one at a time: one
     /// stuck on a hung mount must not pile up threads behind it).
@@ -222,7 +237,18 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
             what: "local address".into(),
             source,
         })?;
+        let predictions = load_predictions(&opts.engine_models)?;
         let state = Arc::new(State {
+            predictions,
+            engines: RwLock::new(
+                opts.engines
+                    .iter()
+                    .map(|e| engines::EngineReading {
+                        url: e.url.clone(),
+                        ..engines::EngineReading::default()
+                    })
+                    .collect(),
+            ),
             opts: opts.clone(),
             started: SystemTime::now(),
             gpu: Arc::new(RwLock::new(gpu::GpuState::default())),
@@ -247,9 +273,13 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
         let poller = {
             let g = Arc::clone(&state.gpu);
             let (interval, per_process) = (opts.poll_interval, opts.per_process);
+            let attributor = opts.proc_root.clone().map(|root| gpu::Attributor {
+                resolver: pods::Resolver::new(root),
+                cap: opts.max_containers,
+            });
             std::thread::Builder::new()
                 .name("nvml-poll".into())
-                .spawn(move || gpu::poll(source, interval, per_process, g, stop_rx))
+                .spawn(move || gpu::poll(source, interval, per_process, attributor, g, stop_rx))
                 .map_err(|source| ServeError::Io {
                     what: "NVML thread".into(),
                     source,
@@ -270,6 +300,10 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
             let state = Arc::clone(&state);
             tokio::spawn(async move { schedule(state).await })
         };
+        let engine_scraper = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move { scrape_engines(state).await })
+        };
         on_listening(addr);
         tracing::info!(%addr, "listening");
         let shutdown = shutdown_signal();
@@ -279,6 +313,7 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
         scheduler.abort();
         job::stop(&state, opts.shutdown_grace).await;
         refresher.abort();
+        engine_scraper.abort();
         let _ = stop_poll.send(());
         let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         tracing::info!("stopped");
@@ -288,6 +323,63 @@ pub fn run(opts: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<
     // process after everything else stopped.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// The configs of `--engine-model NAME=CONFIG`, read once at start.
+fn load_predictions(
+    models: &[(String, PathBuf)],
+) -> Result<std::collections::BTreeMap<String, engines::Prediction>, ServeError> {
+    models
+        .iter()
+        .map(|(name, path)| {
+            let (spec, _) = crate::model::ModelRef::of(Some(&path.display().to_string()))
+                .load(None, false, true)
+                .map_err(|e| {
+                    ServeError::Options(format!("--engine-model {name}={}: {e}", path.display()))
+                })?;
+            Ok((name.clone(), engines::Prediction::of(&spec)))
+        })
+        .collect()
+}
+
+/// Scrape every `--engine-metrics` endpoint at the poll interval, each with a timeout of
+/// the interval (at least 1 s, at most 10 s), all at once.
+async fn scrape_engines(state: Arc<State>) {
+    if state.opts.engines.is_empty() {
+        return;
+    }
+    let timeout = state
+        .opts
+        .poll_interval
+        .clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut t = tokio::time::interval(state.opts.poll_interval);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        t.tick().await;
+        let last = state
+            .engines
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let handles: Vec<_> = state
+            .opts
+            .engines
+            .iter()
+            .zip(last.iter())
+            .map(|(e, l)| {
+                let (e, l) = (e.clone(), l.clone());
+                tokio::spawn(async move { engines::scrape(&e, timeout, &l).await })
+            })
+            .collect();
+        let mut readings = Vec::with_capacity(handles.len());
+        for (h, l) in handles.into_iter().zip(last) {
+            readings.push(h.await.unwrap_or(l));
+        }
+        *state
+            .engines
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = readings;
+    }
 }
 
 /// Sweeps at start-up and every `--bench-every`.
