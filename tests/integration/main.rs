@@ -4,6 +4,7 @@
 mod bench;
 mod chunked;
 mod estimate;
+mod exporter;
 mod fuzz_regressions;
 mod gpu_reports;
 mod html;

@@ -19,7 +19,7 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
+    pub(crate) fn start(args: &[&str]) -> Daemon {
         Daemon::start_with(args, &[])
     }
 
@@ -84,7 +84,7 @@ impl Daemon {
         format!("{}{path}", self.base)
     }
 
-    fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         self.base.trim_start_matches("http://")
     }
 
@@ -127,7 +127,7 @@ impl Drop for Daemon {
     }
 }
 
-fn client() -> reqwest::blocking::Client {
+pub(crate) fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -191,7 +191,7 @@ fn h100_daemon(dir: &Path, extra: &[&str]) -> Daemon {
     Daemon::start(&args)
 }
 
-fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+pub(crate) fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     let mut child = Command::new("promtool")
         .args(args)
         .current_dir(root())
@@ -743,7 +743,7 @@ fn deploy_rules_and_config_pass_promtool() {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
