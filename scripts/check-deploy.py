@@ -109,6 +109,11 @@ else:
     envs = {e["name"]: e.get("value") for e in dc.get("env", [])}
     if envs.get("NVIDIA_VISIBLE_DEVICES") != "all" or ds[0][1]["spec"]["template"]["spec"].get("runtimeClassName") != "nvidia":
         problems.append("the DaemonSet must see every GPU through the nvidia runtime (NVIDIA_VISIBLE_DEVICES=all)")
+    # Per-pod memory: the host's /proc, read-only, where VRAMPROBE_PROC_ROOT points.
+    proc_root = envs.get("VRAMPROBE_PROC_ROOT", "/proc")
+    pmount = [m for m in dc.get("volumeMounts", []) if m.get("mountPath") == proc_root]
+    if not pmount or dpaths.get(pmount[0]["name"]) != "/proc" or not pmount[0].get("readOnly"):
+        problems.append(f"VRAMPROBE_PROC_ROOT {proc_root} is not the host's /proc mounted read-only")
 
 for p in problems:
     print(p)
