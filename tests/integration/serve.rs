@@ -739,7 +739,34 @@ fn deploy_rules_and_config_pass_promtool() {
         &std::fs::read_to_string(root().join("deploy/grafana/vramprobe-dashboard.json")).unwrap(),
     )
     .unwrap();
-    assert!(dash["panels"].as_array().unwrap().len() >= 6);
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12);
+    // Every metric a panel queries is one the daemon exports (or Prometheus' own `up`).
+    let exported = std::fs::read_to_string(root().join("src/serve/metrics.rs")).unwrap();
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("vramprobe_"))
+            {
+                let base = name.trim_end_matches("_total");
+                assert!(
+                    exported.contains(&format!("\"{base}\""))
+                        || exported.contains(&format!("\"{name}\"")),
+                    "panel {:?} queries {name}, which the daemon does not export",
+                    p["title"]
+                );
+            }
+        }
+    }
+    for title in [
+        "GPU memory per pod",
+        "Unattributed GPU memory (used by no listed process)",
+        "Engine KV cache in use",
+    ] {
+        assert!(panels.iter().any(|p| p["title"] == title), "{title}");
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
