@@ -240,7 +240,7 @@ pub fn attribute(devices: &[DeviceSnapshot], resolver: &mut Resolver, cap: usize
             bytes,
         })
         .collect();
-    containers.sort_by(|x, y| y.bytes.cmp(&x.bytes));
+    containers.sort_by_key(|c| std::cmp::Reverse(c.bytes));
     if containers.len() > cap {
         a.dropped = (containers.len() - cap) as u64;
         containers.truncate(cap);
