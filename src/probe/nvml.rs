@@ -194,19 +194,39 @@ pub struct MemoryHealth {
     pub retired_pages_double_bit: Option<u64>,
     pub retired_pages_pending: Option<bool>,
     /// Rows remapped after correctable and uncorrectable errors, a remap pending a GPU
-    /// reset, a remap that failed (Ampere and later; nvml-wrapper 0.13 does not wrap
-    /// `nvmlDeviceGetRemappedRows`, so only the fake NVML fills these for now).
+    /// reset, a remap that failed (Ampere and later).
     pub remapped_rows_correctable: Option<u64>,
     pub remapped_rows_uncorrectable: Option<u64>,
     pub remapped_rows_pending: Option<bool>,
     pub remapped_rows_failed: Option<bool>,
 }
 
-fn health_of(d: &nvml_wrapper::Device<'_>) -> MemoryHealth {
+/// Rows remapped after correctable and uncorrectable errors, a remap pending, a remap failed
+/// (`nvmlDeviceGetRemappedRows`, Ampere and later); `None` where NVML does not support it.
+/// nvml-wrapper 0.13 does not wrap this call: it is made through the symbol table nvml-wrapper
+/// loaded (propose upstream; then this becomes `d.remapped_rows()`).
+#[allow(unsafe_code)]
+fn remapped_rows(nvml: &Nvml, d: &nvml_wrapper::Device<'_>) -> Option<(u64, u64, bool, bool)> {
+    let f = nvml.lib().nvmlDeviceGetRemappedRows.as_ref().ok()?;
+    let (mut corr, mut unc, mut pending, mut failed) = (0u32, 0u32, 0u32, 0u32);
+    // SAFETY: `f` is the driver's nvmlDeviceGetRemappedRows, resolved by nvml-wrapper from the
+    // library that `nvml` keeps loaded (and initialised) for as long as it lives; `d` is a
+    // device handle of that same library, alive for this call; the four out-parameters are
+    // distinct local `c_uint`s, as the NVML API requires. Nothing is retained after it returns.
+    let code = unsafe { f(d.handle(), &mut corr, &mut unc, &mut pending, &mut failed) };
+    (code == 0).then_some((u64::from(corr), u64::from(unc), pending != 0, failed != 0))
+}
+
+fn health_of(nvml: &Nvml, d: &nvml_wrapper::Device<'_>) -> MemoryHealth {
     use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, RetirementCause};
     let ecc = |e, c| d.total_ecc_errors(e, c).ok();
     let retired = |c| d.retired_pages(c).ok().map(|v| v.len() as u64);
+    let rows = remapped_rows(nvml, d);
     MemoryHealth {
+        remapped_rows_correctable: rows.map(|r| r.0),
+        remapped_rows_uncorrectable: rows.map(|r| r.1),
+        remapped_rows_pending: rows.map(|r| r.2),
+        remapped_rows_failed: rows.map(|r| r.3),
         ecc_corrected_volatile: ecc(MemoryError::Corrected, EccCounter::Volatile),
         ecc_uncorrected_volatile: ecc(MemoryError::Uncorrected, EccCounter::Volatile),
         ecc_corrected_aggregate: ecc(MemoryError::Corrected, EccCounter::Aggregate),
@@ -214,7 +234,6 @@ fn health_of(d: &nvml_wrapper::Device<'_>) -> MemoryHealth {
         retired_pages_single_bit: retired(RetirementCause::MultipleSingleBitEccErrors),
         retired_pages_double_bit: retired(RetirementCause::DoubleBitEccError),
         retired_pages_pending: d.are_pages_pending_retired().ok(),
-        ..MemoryHealth::default()
     }
 }
 
@@ -281,7 +300,7 @@ impl Fleet {
                         Vec::new()
                     },
                     mig,
-                    health: health_of(&d),
+                    health: health_of(&self.nvml, &d),
                 })
             })
             .collect()

@@ -224,10 +224,11 @@ fn engines_differ_where_attention_does() {
     assert!(chunked < candle / 2, "{chunked} {candle}");
     // A fused kernel needs only weights, cache and small activations: under 18.5 GB here.
     assert!(flash < 18_500_000_000, "{flash}");
-    let o = vp("estimate --model models/meta-llama-3-8b-instruct --engine vllm");
+    let o = vp("estimate --model models/meta-llama-3-8b-instruct --engine tgi");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("candle-eager, candle-chunked, transformers-eager, transformers-sdpa"),
+        stderr(&o)
+            .contains("candle-eager, candle-chunked, transformers-eager, transformers-sdpa, vllm"),
         "{}",
         stderr(&o)
     );

@@ -3,7 +3,7 @@
 //! HTTP engine endpoints on 127.0.0.1 (vLLM- and SGLang-shaped, and a dead one), passes
 //! `promtool check metrics`, and is scraped by a real Prometheus.
 
-use super::serve::{client, free_port, promtool, Daemon};
+use super::serve::{client, deploy_metric_names, exporter_metric, free_port, promtool, Daemon};
 use super::*;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -74,6 +74,7 @@ fn fake_nvml() -> String {
                          "driver_version": "580.159.04", "cuda_driver_version": "13.0",
                          "memory_total_bytes": total},
                 "memory": mem(12 * GIB, total),
+                "health": {"retired_pages_pending": false},
                 "mig": [
                     {"index": 0, "uuid": "MIG-fake-1-0", "memory": mem(8 * GIB, 20 * GIB),
                      "processes": [[1002, 7 * GIB]]},
@@ -252,6 +253,14 @@ fn memory_is_exported_per_container_pod_and_mig_instance() {
         !m.contains("vramprobe_gpu_retired_pages_total{"),
         "no retired-page figures at all"
     );
+    // Every per-pod, MIG, health and engine name the dashboard and alerts use is exported.
+    for n in deploy_metric_names().iter().filter(|n| exporter_metric(n)) {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} "))),
+            "{n} is used by deploy/ but not exported"
+        );
+    }
     // Clean exposition.
     if have_tool(
         "promtool",
