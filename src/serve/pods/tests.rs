@@ -91,8 +91,13 @@ fn every_cgroup_path_form_names_its_pod_and_container() {
         (String::new(), None, "empty"),
         ("garbage\n".into(), None, "garbage"),
     ];
-    for (text, want, what) in cases {
+    // Each form as a /proc tree, resolved the way the daemon does (by PID, under the root).
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Resolver::new(dir.path().to_path_buf());
+    for (pid, (text, want, what)) in (1000u32..).zip(cases) {
         assert_eq!(owner_of_cgroup(&text), want, "{what}: {text}");
+        write_proc(dir.path(), pid, u64::from(pid), &text);
+        assert_eq!(r.resolve(pid), want, "{what} through /proc/{pid}");
     }
     // Near misses are not ids: 63 hex digits, a pod segment that is not a uid.
     assert_eq!(
