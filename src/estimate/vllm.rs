@@ -456,6 +456,9 @@ pub fn weights_bytes(spec: &ModelSpec, dtype: DType, k: &VllmKnobs) -> (u64, u64
     if spec.mlp_bias {
         layer += (2 * i + h) * e;
     }
+    if spec.qk_norm {
+        layer += 2 * hd * e;
+    }
     let vocab_rank = spec.vocab_size.div_ceil(VOCAB_PADDING) * VOCAB_PADDING;
     let vocab_rank = vocab_rank.div_ceil(tp);
     let embed = vocab_rank * h * e;

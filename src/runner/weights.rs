@@ -23,6 +23,16 @@ pub(crate) fn candle_dtype(d: DType) -> candle_core::DType {
 /// # Errors
 /// [`RunError::Unsupported`] for biases.
 pub fn check_chunked(spec: &ModelSpec) -> Result<(), RunError> {
+    if spec.qk_norm {
+        return Err(RunError::Unsupported {
+            path: spec.source.clone(),
+            reason: format!(
+                "model_type \"{}\" normalises q and k per head, which candle-chunked does not \
+                 (it can still be estimated)",
+                spec.model_type
+            ),
+        });
+    }
     if spec.qkv_bias || spec.o_bias || spec.mlp_bias {
         return Err(RunError::Unsupported {
             path: spec.source.clone(),
@@ -46,6 +56,13 @@ pub fn candle_config(spec: &ModelSpec) -> Result<Config, RunError> {
         path: spec.source.clone(),
         reason,
     };
+    if spec.qk_norm {
+        return Err(unsupported(format!(
+            "model_type \"{}\" normalises q and k per head, which candle-transformers' llama \
+             does not (it can still be estimated)",
+            spec.model_type
+        )));
+    }
     if spec.qkv_bias || spec.o_bias || spec.mlp_bias {
         return Err(unsupported(format!(
             "model_type \"{}\" with projection biases cannot be run by candle-transformers' llama \

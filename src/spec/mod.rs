@@ -13,8 +13,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The `model_type` values whose architecture is understood: decoder-only Llama-shaped
-/// transformers (RMSNorm, rotary embeddings, gated SiLU MLP, grouped-query attention).
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+/// transformers (RMSNorm, rotary embeddings, gated SiLU MLP, grouped-query attention);
+/// Qwen3 adds an RMSNorm over each head of q and k.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// Errors from reading or resolving a `config.json`.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,8 @@ pub struct ModelSpec {
     pub o_bias: bool,
     /// Biases on gate, up and down projections (`mlp_bias`).
     pub mlp_bias: bool,
+    /// An RMSNorm of `head_dim` weights over each head of q and of k (Qwen3).
+    pub qk_norm: bool,
     /// The dtype the checkpoint is published in (`torch_dtype`), if it says.
     pub torch_dtype: Option<DType>,
     /// `rope_scaling` as written; it changes values, never sizes.
@@ -361,6 +364,7 @@ impl ModelSpec {
                 (b, b)
             }
         };
+        let qk_norm = model_type == "qwen3";
         Ok(ModelSpec {
             hub_repo: None,
             source: path.display().to_string(),
@@ -379,6 +383,7 @@ impl ModelSpec {
             qkv_bias,
             o_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
+            qk_norm,
             torch_dtype: check.dtype(&raw)?,
             rope_scaling: raw.rope_scaling,
         })
@@ -401,6 +406,10 @@ impl ModelSpec {
                 if self.qkv_bias {
                     push(&format!("self_attn.{name}.bias"), &[rows]);
                 }
+            }
+            if self.qk_norm {
+                push("self_attn.q_norm.weight", &[self.head_dim]);
+                push("self_attn.k_norm.weight", &[self.head_dim]);
             }
             push("self_attn.o_proj.weight", &[h, q]);
             if self.o_bias {
@@ -447,6 +456,9 @@ impl ModelSpec {
         }
         if self.mlp_bias {
             per_layer += 2 * i + h;
+        }
+        if self.qk_norm {
+            per_layer += 2 * self.head_dim;
         }
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + head + h + l * per_layer

@@ -67,6 +67,55 @@ fn qwen2_has_qkv_bias_only() {
 }
 
 #[test]
+fn qwen3_adds_per_head_q_and_k_norms() {
+    // Qwen3's model cards state each model's parameters with and without the embeddings:
+    // 0.6B / 0.44B (tied), 8.2B / 6.95B, 32.8B / 31.2B.
+    let qwen3 = |hidden: u64, inter: u64, layers: u64, heads: u64, tied: bool| {
+        spec_of(&format!(
+            r#"{{"model_type":"qwen3","hidden_size":{hidden},"intermediate_size":{inter},
+            "num_hidden_layers":{layers},"num_attention_heads":{heads},"num_key_value_heads":8,
+            "head_dim":128,"vocab_size":151936,"max_position_embeddings":40960,
+            "tie_word_embeddings":{tied},"attention_bias":false}}"#
+        ))
+        .unwrap()
+    };
+    let billions = |n: u64, digits: usize| format!("{:.*}", digits, n as f64 / 1e9);
+    for (s, total, non_embedding) in [
+        (qwen3(1024, 3072, 28, 16, true), ("0.6", 1), ("0.44", 2)),
+        (qwen3(4096, 12288, 36, 32, false), ("8.2", 1), ("6.95", 2)),
+        (qwen3(5120, 25600, 64, 64, false), ("32.8", 1), ("31.2", 1)),
+    ] {
+        assert!(s.qk_norm && !s.qkv_bias && !s.o_bias);
+        let n = s.param_count();
+        let embeddings = s.vocab_size * s.hidden_size * if s.tie_word_embeddings { 1 } else { 2 };
+        assert_eq!(billions(n, total.1), total.0, "{n}");
+        assert_eq!(
+            billions(n - embeddings, non_embedding.1),
+            non_embedding.0,
+            "{n}"
+        );
+        // The inventory names the norms and sums to the count.
+        let tensors = s.tensors();
+        assert!(tensors
+            .iter()
+            .any(|t| t.name == "model.layers.0.self_attn.q_norm.weight" && t.shape == [128]));
+        assert!(tensors
+            .iter()
+            .any(|t| t.name == "model.layers.0.self_attn.k_norm.weight"));
+        assert_eq!(
+            tensors
+                .iter()
+                .map(|t| t.shape.iter().product::<u64>())
+                .sum::<u64>(),
+            n
+        );
+    }
+    // Exactly: 2 x head_dim more per layer than the same shapes without the norms.
+    let with = qwen3(1024, 3072, 28, 16, true);
+    assert_eq!(with.param_count(), 596_049_920);
+}
+
+#[test]
 fn missing_field_is_named() {
     let err = spec_of(r#"{"model_type":"llama","hidden_size":64}"#).unwrap_err();
     let msg = err.to_string();
@@ -102,7 +151,7 @@ fn unsupported_model_type_lists_supported() {
     json["model_type"] = "gpt2".into();
     let msg = spec_of(&json.to_string()).unwrap_err().to_string();
     assert!(
-        msg.contains("\"gpt2\"") && msg.contains("llama, mistral, qwen2"),
+        msg.contains("\"gpt2\"") && msg.contains("llama, mistral, qwen2, qwen3"),
         "{msg}"
     );
 }

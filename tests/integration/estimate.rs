@@ -372,3 +372,55 @@ fn a_context_at_the_models_limit_is_answered() {
     assert_eq!(v["context"], 4096);
     assert_eq!(v["assumed"], serde_json::json!([]));
 }
+
+/// Qwen3 (per-head q/k norms) and Qwen2 (q/k/v biases) are estimated; `bench` says it cannot
+/// run them with either candle engine, before loading anything, and exits 2.
+#[test]
+fn qwen_configs_are_estimated_and_refused_by_bench_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model_type, reason) in [
+        ("qwen3", "normalises q and k per head"),
+        ("qwen2", "projection biases"),
+    ] {
+        let cfg = dir.path().join(model_type);
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(
+            cfg.join("config.json"),
+            format!(
+                r#"{{"model_type":"{model_type}","hidden_size":64,"intermediate_size":128,
+                "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+                "head_dim":16,"vocab_size":256,"max_position_embeddings":512,
+                "tie_word_embeddings":true,"torch_dtype":"float32"}}"#
+            ),
+        )
+        .unwrap();
+        let c = path_str(&cfg);
+        let o = vp(&format!(
+            "estimate --model {c} --batch 1 --context 128 --json"
+        ));
+        ok(&o);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        // Qwen3: 2 x 16 norm weights per layer; Qwen2: biases of 64 + 2 x 32 per layer.
+        let base = 256 * 64 + 64 + 2 * (64 * 128 + 64 * 64 + 3 * 64 * 128 + 2 * 64);
+        let extra = if model_type == "qwen3" {
+            2 * 2 * 16
+        } else {
+            2 * 128
+        };
+        assert_eq!(v["params"], base + extra, "{model_type}");
+        for engine in ["candle-eager", "candle-chunked"] {
+            let out = dir.path().join(format!("run-{model_type}-{engine}"));
+            let o = vp(&format!(
+                "bench --model {c} --batch 1 --context 128 --engine {engine} --out {}",
+                path_str(&out)
+            ));
+            assert_eq!(o.status.code(), Some(2), "{model_type} {engine}");
+            assert!(
+                stderr(&o).contains(reason),
+                "{model_type} {engine}: {}",
+                stderr(&o)
+            );
+            assert!(stderr(&o).contains("it can still be estimated"));
+        }
+    }
+}

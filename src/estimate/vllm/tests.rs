@@ -27,11 +27,10 @@ fn llama33_70b() -> ModelSpec {
     .expect("positions")
 }
 
-/// Qwen3's shapes as a Llama-shaped config (the q/k norms Qwen3 adds, 256 parameters per
-/// layer, are below the two decimals compared here).
+/// A Qwen3 config of these shapes (8 KV heads of 128, Qwen3's vocabulary and positions).
 fn qwen3(hidden: u64, inter: u64, layers: u64, heads: u64, tied: bool) -> ModelSpec {
     spec(&format!(
-        r#"{{"model_type": "llama", "hidden_size": {hidden}, "intermediate_size": {inter},
+        r#"{{"model_type": "qwen3", "hidden_size": {hidden}, "intermediate_size": {inter},
         "num_hidden_layers": {layers}, "num_attention_heads": {heads}, "num_key_value_heads": 8,
         "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
         "tie_word_embeddings": {tied}, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-6,
