@@ -122,6 +122,25 @@ pub fn start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The most bytes read of one /proc file (a cgroup file is a few hundred bytes).
+const MAX_PROC_FILE: u64 = 64 << 10;
+
+/// A /proc file's text, if it is a regular file (a FIFO or device planted under
+/// `--proc-root` must not block the poller), at most [`MAX_PROC_FILE`] bytes.
+fn read_small(path: &std::path::Path) -> Option<String> {
+    use std::io::Read as _;
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_PROC_FILE)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
 /// Resolves PIDs to owners under a /proc root, caching by (pid, start time).
 #[derive(Debug)]
 pub struct Resolver {
@@ -141,13 +160,13 @@ impl Resolver {
     /// daemon does not see the host's PIDs).
     pub fn resolve(&mut self, pid: u32) -> Option<Owner> {
         let dir = self.root.join(pid.to_string());
-        let start = start_time(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+        let start = start_time(&read_small(&dir.join("stat"))?)?;
         if let Some((s, owner)) = self.cache.get(&pid) {
             if *s == start {
                 return Some(owner.clone());
             }
         }
-        let owner = owner_of_cgroup(&std::fs::read_to_string(dir.join("cgroup")).ok()?)?;
+        let owner = owner_of_cgroup(&read_small(&dir.join("cgroup"))?)?;
         self.cache.insert(pid, (start, owner.clone()));
         Some(owner)
     }

@@ -276,3 +276,18 @@ fn mig_instances_are_attributed_each_on_its_own() {
         ]
     );
 }
+
+#[test]
+fn a_fifo_or_a_huge_file_under_the_root_does_not_block_or_bloat_the_poller() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_proc(root, 5, 1, "0::/\n");
+    // A FIFO where the cgroup file should be: opening it for reading would block forever.
+    std::fs::remove_file(root.join("5/cgroup")).unwrap();
+    nix::unistd::mkfifo(&root.join("5/cgroup"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut r = Resolver::new(root.to_path_buf());
+    assert_eq!(r.resolve(5), None);
+    // A 1 MiB cgroup file: only its first 64 KiB are read, and it still parses.
+    write_proc(root, 6, 1, &format!("0::/docker/{ID}\n{}", "x".repeat(1 << 20)));
+    assert_eq!(r.resolve(6), owner("", ID));
+}
