@@ -288,6 +288,11 @@ fn a_fifo_or_a_huge_file_under_the_root_does_not_block_or_bloat_the_poller() {
     let mut r = Resolver::new(root.to_path_buf());
     assert_eq!(r.resolve(5), None);
     // A 1 MiB cgroup file: only its first 64 KiB are read, and it still parses.
-    write_proc(root, 6, 1, &format!("0::/docker/{ID}\n{}", "x".repeat(1 << 20)));
+    write_proc(
+        root,
+        6,
+        1,
+        &format!("0::/docker/{ID}\n{}", "x".repeat(1 << 20)),
+    );
     assert_eq!(r.resolve(6), owner("", ID));
 }
