@@ -23,6 +23,16 @@ pub(crate) fn candle_dtype(d: DType) -> candle_core::DType {
 /// # Errors
 /// [`RunError::Unsupported`] for biases.
 pub fn check_chunked(spec: &ModelSpec) -> Result<(), RunError> {
+    if spec.fused_projections {
+        return Err(RunError::Unsupported {
+            path: spec.source.clone(),
+            reason: format!(
+                "model_type \"{}\" fuses its projections (qkv_proj, gate_up_proj), which \
+                 candle-chunked loads separately (it can still be estimated)",
+                spec.model_type
+            ),
+        });
+    }
     if spec.qk_norm {
         return Err(RunError::Unsupported {
             path: spec.source.clone(),
@@ -56,6 +66,13 @@ pub fn candle_config(spec: &ModelSpec) -> Result<Config, RunError> {
         path: spec.source.clone(),
         reason,
     };
+    if spec.fused_projections {
+        return Err(unsupported(format!(
+            "model_type \"{}\" fuses its projections (qkv_proj, gate_up_proj), which \
+             candle-transformers' llama loads separately (it can still be estimated)",
+            spec.model_type
+        )));
+    }
     if spec.qk_norm {
         return Err(unsupported(format!(
             "model_type \"{}\" normalises q and k per head, which candle-transformers' llama \

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 /// The `model_type` values whose architecture is understood: decoder-only Llama-shaped
 /// transformers (RMSNorm, rotary embeddings, gated SiLU MLP, grouped-query attention);
-/// Qwen3 adds an RMSNorm over each head of q and k.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+/// Qwen3 adds an RMSNorm over each head of q and k; Phi-3 fuses q, k, v into one projection
+/// and gate and up into another (the same parameters under other names).
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
 
 /// Errors from reading or resolving a `config.json`.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,8 @@ pub struct ModelSpec {
     pub mlp_bias: bool,
     /// An RMSNorm of `head_dim` weights over each head of q and of k (Qwen3).
     pub qk_norm: bool,
+    /// q, k, v in one `qkv_proj` and gate, up in one `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
     /// The dtype the checkpoint is published in (`torch_dtype`), if it says.
     pub torch_dtype: Option<DType>,
     /// `rope_scaling` as written; it changes values, never sizes.
@@ -365,6 +368,7 @@ impl ModelSpec {
             }
         };
         let qk_norm = model_type == "qwen3";
+        let fused_projections = model_type == "phi3";
         Ok(ModelSpec {
             hub_repo: None,
             source: path.display().to_string(),
@@ -384,6 +388,7 @@ impl ModelSpec {
             o_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
             qk_norm,
+            fused_projections,
             torch_dtype: check.dtype(&raw)?,
             rope_scaling: raw.rope_scaling,
         })
@@ -401,7 +406,14 @@ impl ModelSpec {
                 out.push(TensorSpec::new(format!("{pre}.{name}"), shape));
             };
             push("input_layernorm.weight", &[h]);
-            for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            let separate = [("q_proj", q), ("k_proj", kv), ("v_proj", kv)];
+            let fused = [("qkv_proj", q + 2 * kv)];
+            let projections: &[(&str, u64)] = if self.fused_projections {
+                &fused
+            } else {
+                &separate
+            };
+            for &(name, rows) in projections {
                 push(&format!("self_attn.{name}.weight"), &[rows, h]);
                 if self.qkv_bias {
                     push(&format!("self_attn.{name}.bias"), &[rows]);
@@ -416,11 +428,18 @@ impl ModelSpec {
                 push("self_attn.o_proj.bias", &[h]);
             }
             push("post_attention_layernorm.weight", &[h]);
-            for (name, shape) in [
+            let separate = [
                 ("gate_proj", [i, h]),
                 ("up_proj", [i, h]),
                 ("down_proj", [h, i]),
-            ] {
+            ];
+            let fused = [("gate_up_proj", [2 * i, h]), ("down_proj", [h, i])];
+            let mlp: &[(&str, [u64; 2])] = if self.fused_projections {
+                &fused
+            } else {
+                &separate
+            };
+            for &(name, shape) in mlp {
                 push(&format!("mlp.{name}.weight"), &shape);
                 if self.mlp_bias {
                     push(&format!("mlp.{name}.bias"), &[shape[0]]);

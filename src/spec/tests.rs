@@ -116,6 +116,39 @@ fn qwen3_adds_per_head_q_and_k_norms() {
 }
 
 #[test]
+fn phi3_fuses_its_projections_under_other_names() {
+    // Phi-3-mini-4k-instruct: 3.8B parameters (its model card).
+    let s = spec_of(
+        r#"{"model_type":"phi3","hidden_size":3072,"intermediate_size":8192,
+        "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,
+        "vocab_size":32064,"max_position_embeddings":4096,"sliding_window":2047,
+        "tie_word_embeddings":false,"torch_dtype":"bfloat16"}"#,
+    )
+    .unwrap();
+    assert!(s.fused_projections && !s.qk_norm && !s.qkv_bias);
+    assert_eq!(s.param_count(), 3_821_079_552);
+    assert_eq!(format!("{:.1}", s.param_count() as f64 / 1e9), "3.8");
+    let t = s.tensors();
+    let shape = |name: &str| t.iter().find(|x| x.name == name).map(|x| x.shape.clone());
+    assert_eq!(
+        shape("model.layers.0.self_attn.qkv_proj.weight"),
+        Some(vec![9216, 3072])
+    );
+    assert_eq!(
+        shape("model.layers.0.mlp.gate_up_proj.weight"),
+        Some(vec![16384, 3072])
+    );
+    assert_eq!(shape("model.layers.0.self_attn.q_proj.weight"), None);
+    assert_eq!(shape("model.layers.0.mlp.gate_proj.weight"), None);
+    assert_eq!(
+        t.iter()
+            .map(|x| x.shape.iter().product::<u64>())
+            .sum::<u64>(),
+        s.param_count()
+    );
+}
+
+#[test]
 fn missing_field_is_named() {
     let err = spec_of(r#"{"model_type":"llama","hidden_size":64}"#).unwrap_err();
     let msg = err.to_string();
@@ -151,7 +184,7 @@ fn unsupported_model_type_lists_supported() {
     json["model_type"] = "gpt2".into();
     let msg = spec_of(&json.to_string()).unwrap_err().to_string();
     assert!(
-        msg.contains("\"gpt2\"") && msg.contains("llama, mistral, qwen2, qwen3"),
+        msg.contains("\"gpt2\"") && msg.contains("llama, mistral, qwen2, qwen3, phi3"),
         "{msg}"
     );
 }

@@ -373,14 +373,16 @@ fn a_context_at_the_models_limit_is_answered() {
     assert_eq!(v["assumed"], serde_json::json!([]));
 }
 
-/// Qwen3 (per-head q/k norms) and Qwen2 (q/k/v biases) are estimated; `bench` says it cannot
-/// run them with either candle engine, before loading anything, and exits 2.
+/// Qwen3 (per-head q/k norms), Qwen2 (q/k/v biases) and Phi-3 (fused projections) are
+/// estimated; `bench` says it cannot run them with either candle engine, before loading
+/// anything, and exits 2.
 #[test]
 fn qwen_configs_are_estimated_and_refused_by_bench_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     for (model_type, reason) in [
         ("qwen3", "normalises q and k per head"),
         ("qwen2", "projection biases"),
+        ("phi3", "fuses its projections"),
     ] {
         let cfg = dir.path().join(model_type);
         std::fs::create_dir_all(&cfg).unwrap();
@@ -400,12 +402,13 @@ fn qwen_configs_are_estimated_and_refused_by_bench_with_the_reason() {
         ));
         ok(&o);
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-        // Qwen3: 2 x 16 norm weights per layer; Qwen2: biases of 64 + 2 x 32 per layer.
+        // Qwen3: 2 x 16 norm weights per layer; Qwen2: biases of 64 + 2 x 32 per layer;
+        // Phi-3: no more than Llama's.
         let base = 256 * 64 + 64 + 2 * (64 * 128 + 64 * 64 + 3 * 64 * 128 + 2 * 64);
-        let extra = if model_type == "qwen3" {
-            2 * 2 * 16
-        } else {
-            2 * 128
+        let extra = match model_type {
+            "qwen3" => 2 * 2 * 16,
+            "qwen2" => 2 * 128,
+            _ => 0, // phi3: the same parameters, fused
         };
         assert_eq!(v["params"], base + extra, "{model_type}");
         for engine in ["candle-eager", "candle-chunked"] {

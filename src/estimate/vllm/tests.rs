@@ -584,6 +584,21 @@ fn every_supported_architecture_plans_with_its_own_tensors() {
             "rms_norm_eps": 1e-5, "rope_theta": 1000000}"#,
             "mistral-7b-v0.3",
         ),
+        (
+            r#"{"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "vocab_size": 32064, "max_position_embeddings": 4096, "torch_dtype": "bfloat16",
+            "rms_norm_eps": 1e-5, "rope_theta": 10000, "tie_word_embeddings": false}"#,
+            "phi-3-mini-4k",
+        ),
+        (
+            r#"{"model_type": "qwen3", "hidden_size": 4096, "intermediate_size": 12288,
+            "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
+            "torch_dtype": "bfloat16", "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+            "tie_word_embeddings": false}"#,
+            "qwen3-8b",
+        ),
     ] {
         let s = spec(json);
         let (w, rotary) = weights_bytes(&s, DType::BF16, &VllmKnobs::default());
