@@ -3,11 +3,10 @@
 //! HTTP engine endpoints on 127.0.0.1 (vLLM- and SGLang-shaped, and a dead one), passes
 //! `promtool check metrics`, and is scraped by a real Prometheus.
 
-use super::serve::{client, deploy_metric_names, exporter_metric, free_port, promtool, Daemon};
+use super::serve::{deploy_metric_names, exporter_metric, free_port, promtool, Daemon, Prometheus};
 use super::*;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -388,46 +387,14 @@ fn a_real_prometheus_scrapes_pods_and_engines() {
     }
     let f = start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
+    let prom = Prometheus::start(
+        dir.path(),
+        &format!(
             "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: vramprobe\n    static_configs:\n      - targets: ['{}']\n",
             f.daemon.addr()
         ),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(&mut prom);
-    let query = |q: &str| -> Vec<serde_json::Value> {
-        client()
-            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
-            .query(&[("query", q)])
-            .send()
-            .ok()
-            .and_then(|r| r.json::<serde_json::Value>().ok())
-            .and_then(|v| v["data"]["result"].as_array().cloned())
-            .unwrap_or_default()
-    };
+    );
+    let query = |q: &str| prom.query(q).unwrap_or_default();
     let until = Instant::now() + Duration::from_secs(60);
     // Per pod, summed over GPUs and MIG instances, as a dashboard asks it.
     let q = format!(

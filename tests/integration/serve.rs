@@ -794,6 +794,52 @@ pub(crate) fn exporter_metric(name: &str) -> bool {
     .any(|p| name.starts_with(p))
 }
 
+/// A real Prometheus server on 127.0.0.1 (Debian package `prometheus`) with `config` as its
+/// configuration, its data under `dir`; killed when dropped.
+pub(crate) struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    pub(crate) fn start(dir: &Path, config: &str) -> Prometheus {
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus, as .ci/run installs)");
+        Prometheus { child, port }
+    }
+
+    /// An instant query's result vector; `None` while Prometheus does not answer.
+    pub(crate) fn query(&self, q: &str) -> Option<Vec<Value>> {
+        let r = client()
+            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query(&[("query", q)])
+            .send()
+            .ok()?;
+        let v: Value = r.json().ok()?;
+        v["data"]["result"].as_array().cloned()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -829,36 +875,8 @@ fn a_real_prometheus_scrapes_the_daemon() {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prometheus (Debian package prometheus, as .ci/run installs)");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(&mut prom);
-    let query = |q: &str| -> Option<Vec<Value>> {
-        let r = client()
-            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
-            .query(&[("query", q)])
-            .send()
-            .ok()?;
-        let v: Value = r.json().ok()?;
-        v["data"]["result"].as_array().cloned()
-    };
+    let prom = Prometheus::start(dir.path(), &std::fs::read_to_string(&config).unwrap());
+    let query = |q: &str| prom.query(q);
     let until = Instant::now() + Duration::from_secs(60);
     let series = loop {
         if let Some(r) = query("vramprobe_bench_measured_peak_bytes{source=\"nvml_process\"}") {
