@@ -560,8 +560,9 @@ fn log_lines_read_like_vllms() {
 
 #[test]
 fn every_supported_architecture_plans_with_its_own_tensors() {
-    // Qwen2 (q, k, v biases; tied embeddings on the small ones) and Mistral: vLLM's weights
-    // are the config's parameters, in bf16, plus the rotary cache.
+    // Qwen2 (q, k, v biases; tied embeddings on the small ones), Mistral, Phi-3 (fused
+    // projections) and Qwen3 (q/k norms): vLLM's weights are the config's parameters, in
+    // bf16, plus the rotary cache.
     for (json, tied_or_bias) in [
         (
             r#"{"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944,
