@@ -168,13 +168,18 @@ pub fn cuda_element_limit_context(spec: &ModelSpec, batch: u64) -> u64 {
 impl Sweep {
     /// The estimate of `w` for the plan's engine and settings on `backend`.
     pub fn estimate(&self, backend: Backend, w: Workload) -> estimate::Estimate {
+        let mut knobs = self.plan.knobs();
+        if backend == Backend::Cpu {
+            // What candle's quantized kernels repack depends on this CPU.
+            knobs.cpu_simd = crate::runner::quantized::cpu_simd();
+        }
         estimate::estimate_with(
             &self.spec,
             self.plan.dtype,
             self.plan.engine,
             backend,
             w,
-            &self.plan.knobs(),
+            &knobs,
         )
     }
 

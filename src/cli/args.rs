@@ -235,8 +235,8 @@ pub struct QueryArgs {
     /// library sizes replace the defaults (an H100 with driver 580).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
-    /// Engine whose allocations are modelled: candle-eager and candle-chunked (what `bench`
-    /// runs), transformers-eager (transformers' eager attention; alias hf-eager),
+    /// Engine whose allocations are modelled: candle-eager, candle-chunked and
+    /// candle-quantized (what `bench` runs; the last with GGUF weights, --quant), transformers-eager (transformers' eager attention; alias hf-eager),
     /// transformers-sdpa (transformers with SDPA: fused attention, preallocated KV cache;
     /// alias flash), vllm (vLLM 0.11.0's memory plan: KV cache blocks, tokens and
     /// concurrency on one GPU; needs --gpu for `estimate`).
@@ -246,7 +246,8 @@ pub struct QueryArgs {
     pub chunked: ChunkedArgs,
     #[command(flatten)]
     pub vllm: VllmArgs,
-    /// Weight quantization of the linear layers: none, int8, int4 (groups of 128).
+    /// Weight quantization: none, int8, int4 (groups of 128) of the linear layers; or the
+    /// GGML types q4_0, q4k, q8_0 (candle-quantized: every 2-D weight, q4k unless told).
     #[arg(long, default_value = "none")]
     pub quant: crate::estimate::Quant,
     /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
@@ -272,9 +273,39 @@ impl QueryArgs {
             engine,
             workload,
             overheads,
-            quant: self.quant,
+            quant: self.quant_for(engine).unwrap_or(self.quant),
             kv_dtype: self.kv_dtype,
             knobs: self.chunked.knobs(),
+        }
+    }
+
+    /// The quantization `engine` runs with: for candle-quantized a GGML type (q4k unless
+    /// told), and no other KV cache type than its own f32.
+    ///
+    /// # Errors
+    /// [`BadInput`] for int8/int4 or --kv-dtype with candle-quantized.
+    pub fn quant_for(&self, engine: EngineProfile) -> Result<crate::estimate::Quant, BadInput> {
+        use crate::estimate::Quant;
+        if engine != EngineProfile::CandleQuantized {
+            return Ok(self.quant);
+        }
+        if self.kv_dtype.is_some() {
+            return Err(BadInput(
+                "--kv-dtype does not apply to candle-quantized: candle-transformers' \
+                 quantized_llama keeps its KV cache in f32"
+                    .into(),
+            ));
+        }
+        match self.quant {
+            Quant::None => Ok(Quant::Q4K),
+            q if q.ggml().is_some() => Ok(q),
+            q => Err(BadInput(format!(
+                "--quant {}: candle-quantized runs GGML types: --quant q4_0, q4k or q8_0",
+                serde_json::to_value(q)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ))),
         }
     }
 }
@@ -364,9 +395,14 @@ pub struct BenchArgs {
     pub decode_steps: u64,
     /// `synthetic` (seeded random values of the right shapes), `download` (the model id's
     /// safetensors from the Hub, cached under HF_HOME), or a directory of *.safetensors
-    /// files [default: `download` for a model id, else `synthetic`].
+    /// files (with --engine candle-quantized: a GGUF file) [default: `download` for a
+    /// model id, else `synthetic`].
     #[arg(long)]
     pub weights: Option<WeightsChoice>,
+    /// candle-quantized: the GGML type every synthetic 2-D weight is quantized to, with
+    /// candle's own quantizer: q4_0, q4k, q8_0 [default: q4k].
+    #[arg(long)]
+    pub quant: Option<crate::estimate::candle_quantized::GgmlType>,
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -572,6 +608,7 @@ impl ChunkedArgs {
             prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk).max(1),
             kv_capacity: self.kv_capacity,
             attention_block: self.attention_block.unwrap_or(d.attention_block).max(1),
+            ..d
         }
     }
 }
@@ -617,6 +654,7 @@ impl BenchArgs {
             prefill_chunk: self.chunked.prefill_chunk,
             kv_capacity: self.chunked.kv_capacity,
             attention_block: self.chunked.attention_block,
+            quant: self.quant,
         }
     }
 }

@@ -67,15 +67,21 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         DeviceChoice::Cpu => Backend::Cpu,
         DeviceChoice::Cuda => Backend::Cuda,
     };
+    let quant = a.q.quant_for(engine)?;
+    let mut knobs = a.q.chunked.knobs();
+    if backend == Backend::Cpu {
+        // What candle's quantized kernels repack depends on this CPU.
+        knobs.cpu_simd = crate::runner::quantized::cpu_simd();
+    }
     let e = estimate::estimate_quantized(
         &spec,
         dtype,
         engine,
         backend,
         w,
-        a.q.quant,
+        quant,
         a.q.kv_dtype,
-        &a.q.chunked.knobs(),
+        &knobs,
     );
     let (overheads, overheads_source) = load_overheads(a.q.calibration.as_deref())?;
     let process = (backend == Backend::Cuda).then(|| {

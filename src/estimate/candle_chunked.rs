@@ -34,7 +34,7 @@ pub const DEFAULT_PREFILL_CHUNK: u64 = 2048;
 /// Elements of one attention score block unless asked otherwise: 2^26, 256 MiB in f32.
 pub const DEFAULT_ATTENTION_BLOCK: u64 = 1 << 26;
 /// What one gemm call allocates on the CPU besides packing (see `gemm_call`).
-const GEMM_CALL_BYTES: u64 = 9 << 10;
+pub(super) const GEMM_CALL_BYTES: u64 = 9 << 10;
 /// Smallest accepted score block (one row of a 4K context for 32 heads would not fit below).
 pub const MIN_ATTENTION_BLOCK: u64 = 1 << 12;
 
@@ -47,6 +47,10 @@ pub struct Knobs {
     pub kv_capacity: Option<u64>,
     /// Most elements of one attention score block.
     pub attention_block: u64,
+    /// candle-quantized: the GGML type of every weight.
+    pub quant: super::candle_quantized::GgmlType,
+    /// candle-quantized on the CPU: which x86 kernels candle runs (what it repacks).
+    pub cpu_simd: super::candle_quantized::CpuSimd,
 }
 
 impl Default for Knobs {
@@ -55,6 +59,8 @@ impl Default for Knobs {
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             kv_capacity: None,
             attention_block: DEFAULT_ATTENTION_BLOCK,
+            quant: super::candle_quantized::GgmlType::Q4K,
+            cpu_simd: super::candle_quantized::CpuSimd::Portable,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod candle_chunked;
 pub mod candle_eager;
+pub mod candle_quantized;
 pub mod candle_train;
 pub mod cuda;
 pub mod fit;
@@ -31,6 +32,9 @@ pub enum EngineProfile {
     /// vramprobe's serving-shaped Llama in candle: preallocated KV cache, chunked prefill,
     /// attention in bounded blocks, as [`candle_chunked`] describes.
     CandleChunked,
+    /// candle-transformers' quantized_llama: GGUF weights (`QTensor`), f32 activations and
+    /// KV cache, as [`candle_quantized`] describes.
+    CandleQuantized,
     /// Hugging Face transformers with SDPA (a fused attention, FlashAttention-like: no
     /// score buffer) and a preallocated KV cache ([`hf`]). Alias: `flash`.
     #[serde(alias = "flash")]
@@ -41,9 +45,10 @@ pub enum EngineProfile {
 }
 
 impl EngineProfile {
-    pub const ALL: [EngineProfile; 4] = [
+    pub const ALL: [EngineProfile; 5] = [
         EngineProfile::CandleEager,
         EngineProfile::CandleChunked,
+        EngineProfile::CandleQuantized,
         EngineProfile::TransformersEager,
         EngineProfile::TransformersSdpa,
     ];
@@ -52,14 +57,18 @@ impl EngineProfile {
         match self {
             EngineProfile::CandleEager => "candle-eager",
             EngineProfile::CandleChunked => "candle-chunked",
+            EngineProfile::CandleQuantized => "candle-quantized",
             EngineProfile::TransformersSdpa => "transformers-sdpa",
             EngineProfile::TransformersEager => "transformers-eager",
         }
     }
 
     /// The engines `bench` runs and measures (the others are estimated only).
-    pub const MEASURED: [EngineProfile; 2] =
-        [EngineProfile::CandleEager, EngineProfile::CandleChunked];
+    pub const MEASURED: [EngineProfile; 3] = [
+        EngineProfile::CandleEager,
+        EngineProfile::CandleChunked,
+        EngineProfile::CandleQuantized,
+    ];
 
     /// Whether `bench` can measure this engine.
     pub fn is_measured(self) -> bool {
@@ -91,8 +100,8 @@ impl std::str::FromStr for EngineProfile {
             })
             .ok_or_else(|| {
                 format!(
-                    "unknown engine \"{s}\" (candle-eager, candle-chunked, transformers-eager, \
-                     transformers-sdpa; aliases hf-eager, flash)"
+                    "unknown engine \"{s}\" (candle-eager, candle-chunked, candle-quantized, \
+                     transformers-eager, transformers-sdpa; aliases hf-eager, flash)"
                 )
             })
     }
@@ -179,10 +188,13 @@ pub enum Component {
     /// f32 copies of both operands and of the result (candle's CPU matmul has no
     /// half-precision kernel).
     MatmulWorkspace,
+    /// candle's x86 copies of quantized weights in 16-row tiles, made on first use and kept
+    /// beside the GGUF blocks (`candle-quantized` on the CPU).
+    RepackedWeights,
 }
 
 impl Component {
-    pub const ALL: [Component; 13] = [
+    pub const ALL: [Component; 14] = [
         Component::Weights,
         Component::RopeTables,
         Component::KvCache,
@@ -196,6 +208,7 @@ impl Component {
         Component::Mlp,
         Component::Logits,
         Component::MatmulWorkspace,
+        Component::RepackedWeights,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -213,6 +226,7 @@ impl Component {
             Component::Mlp => "mlp",
             Component::Logits => "logits",
             Component::MatmulWorkspace => "matmul_workspace",
+            Component::RepackedWeights => "repacked_weights",
         }
     }
 }
@@ -402,6 +416,28 @@ pub enum Quant {
     /// 4-bit weights in groups of 128 with an f16 scale and an f16 zero point per group
     /// (0.53125 bytes per weight).
     Int4,
+    /// GGML's Q4_0 (32 values in 18 bytes), Q4K (256 in 144) and Q8_0 (32 in 34): the
+    /// `candle-quantized` engine's weights; for the other engines the linear layers in
+    /// those blocks.
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q4k")]
+    Q4K,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl Quant {
+    /// The GGML type, for the GGML quantizations.
+    pub const fn ggml(self) -> Option<candle_quantized::GgmlType> {
+        use candle_quantized::GgmlType;
+        match self {
+            Quant::Q4_0 => Some(GgmlType::Q4_0),
+            Quant::Q4K => Some(GgmlType::Q4K),
+            Quant::Q8_0 => Some(GgmlType::Q8_0),
+            Quant::None | Quant::Int8 | Quant::Int4 => None,
+        }
+    }
 }
 
 impl std::str::FromStr for Quant {
@@ -412,7 +448,12 @@ impl std::str::FromStr for Quant {
             "none" => Ok(Quant::None),
             "int8" => Ok(Quant::Int8),
             "int4" => Ok(Quant::Int4),
-            _ => Err(format!("unknown quantization \"{s}\" (none, int8, int4)")),
+            "q4_0" => Ok(Quant::Q4_0),
+            "q4k" => Ok(Quant::Q4K),
+            "q8_0" => Ok(Quant::Q8_0),
+            _ => Err(format!(
+                "unknown quantization \"{s}\" (none, int8, int4; GGML: q4_0, q4k, q8_0)"
+            )),
         }
     }
 }
@@ -474,6 +515,15 @@ pub fn quantized_weights_bytes(spec: &ModelSpec, dtype: DType, quant: Quant) -> 
         Quant::None => spec.param_count() * e,
         Quant::Int8 => rest * e + linear + rows * 2,
         Quant::Int4 => rest * e + linear / 2 + linear.div_ceil(128) * 4,
+        Quant::Q4_0 | Quant::Q4K | Quant::Q8_0 => {
+            let t = quant.ggml().unwrap_or(candle_quantized::GgmlType::Q8_0);
+            // Rows not a multiple of the block are rounded up to whole blocks.
+            let per_layer =
+                |rows: u64, inputs: u64| rows * inputs.div_ceil(t.block_elems()) * t.block_bytes();
+            let layer =
+                per_layer(q + 2 * kv, h) + per_layer(h, q) + per_layer(2 * i, h) + per_layer(h, i);
+            rest * e + spec.num_layers * layer
+        }
     }
 }
 
@@ -493,6 +543,14 @@ pub fn estimate_quantized(
     kv_dtype: Option<KvDtype>,
     knobs: &candle_chunked::Knobs,
 ) -> Estimate {
+    if engine == EngineProfile::CandleQuantized {
+        // Its replay is made in its GGML type (and its KV cache is f32 whatever is asked).
+        let knobs = candle_chunked::Knobs {
+            quant: quant.ggml().unwrap_or(knobs.quant),
+            ..*knobs
+        };
+        return estimate_with(spec, dtype, engine, backend, workload, &knobs);
+    }
     let mut e = estimate_with(spec, dtype, engine, backend, workload, knobs);
     let w = quantized_weights_bytes(spec, dtype, quant);
     let kv_e = kv_dtype.map_or(dtype.size_in_bytes(), KvDtype::bytes);
@@ -534,7 +592,12 @@ pub fn estimate_with(
     workload: Workload,
     knobs: &candle_chunked::Knobs,
 ) -> Estimate {
+    if engine == EngineProfile::CandleQuantized {
+        let layout = candle_quantized::QuantLayout::pure(spec, knobs.quant);
+        return estimate_layout(spec, dtype, backend, workload, &layout, knobs.cpu_simd);
+    }
     let (prefill, decode) = match engine {
+        EngineProfile::CandleQuantized => unreachable_quantized(),
         EngineProfile::CandleChunked => (
             candle_chunked::prefill(spec, dtype, backend, workload, knobs),
             candle_chunked::decode(spec, dtype, backend, workload, knobs),
@@ -568,6 +631,41 @@ pub fn estimate_with(
         decode: PhaseEstimate {
             phase: Phase::Decode,
             peak: decode,
+        },
+    }
+}
+
+/// Never reached: [`estimate_with`] answers for `candle-quantized` before its match.
+fn unreachable_quantized() -> (Breakdown, Breakdown) {
+    (Breakdown::default(), Breakdown::default())
+}
+
+/// The `candle-quantized` estimate for weights of the GGML types of `layout` (a GGUF
+/// file's, or one type for all); candle's quantized Llama computes in f32 whatever `dtype`.
+pub fn estimate_layout(
+    spec: &ModelSpec,
+    dtype: DType,
+    backend: Backend,
+    workload: Workload,
+    layout: &candle_quantized::QuantLayout,
+    simd: candle_quantized::CpuSimd,
+) -> Estimate {
+    Estimate {
+        engine: EngineProfile::CandleQuantized,
+        backend,
+        dtype,
+        workload,
+        params: spec.param_count(),
+        layers: spec.num_layers,
+        weights_bytes: candle_quantized::resident_bytes(spec, layout, backend, simd),
+        kv_cache_bytes_per_token: kv_cache_bytes_per_token(spec, DType::F32),
+        prefill: PhaseEstimate {
+            phase: Phase::Prefill,
+            peak: candle_quantized::prefill(spec, layout, backend, simd, workload),
+        },
+        decode: PhaseEstimate {
+            phase: Phase::Decode,
+            peak: candle_quantized::decode(spec, layout, backend, simd, workload),
         },
     }
 }

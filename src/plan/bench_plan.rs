@@ -4,6 +4,7 @@ use super::{
     DeviceChoice, Field, Grid, Mode, ModelRef, Need, OverMemory, PlanError, WeightsChoice,
 };
 use crate::estimate::candle_chunked::{Knobs, MIN_ATTENTION_BLOCK};
+use crate::estimate::candle_quantized::{GgmlType, MAX_POSITIONS as QUANTIZED_MAX_POSITIONS};
 use crate::estimate::candle_train::LoraSetup;
 use crate::estimate::train::Target;
 use crate::estimate::EngineProfile;
@@ -80,6 +81,9 @@ pub struct BenchPlan {
     /// Most elements of one attention score block (candle-chunked only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_block: Option<u64>,
+    /// The GGML type of every weight (candle-quantized only; q4k when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<GgmlType>,
     #[serde(skip, default = "Grid::stored_beside")]
     pub grid: Grid,
 }
@@ -106,6 +110,7 @@ impl Default for BenchPlan {
             prefill_chunk: None,
             kv_capacity: None,
             attention_block: None,
+            quant: None,
         }
     }
 }
@@ -211,8 +216,45 @@ impl BenchPlan {
             return Err(PlanError::invalid(
                 Field::Engine,
                 self.engine.as_str(),
-                "is estimated only: bench measures candle-eager and candle-chunked",
+                "is estimated only: bench measures candle-eager, candle-chunked and \
+                 candle-quantized",
             ));
+        }
+        if let Some(q) = self.quant {
+            if self.engine != EngineProfile::CandleQuantized {
+                return Err(PlanError::Needs {
+                    field: Field::Quant,
+                    needs: Need::Quantized,
+                });
+            }
+            if !GgmlType::OFFERED.contains(&q) {
+                return Err(PlanError::invalid(
+                    Field::Quant,
+                    q.as_str(),
+                    "candle-quantized's synthetic weights are q4_0, q4k or q8_0",
+                ));
+            }
+        }
+        if self.engine == EngineProfile::CandleQuantized {
+            if self.mode == Mode::Train {
+                return Err(PlanError::Needs {
+                    field: Field::Engine,
+                    needs: Need::Inference,
+                });
+            }
+            let longest = self.grid.contexts.iter().max().copied().unwrap_or(0)
+                + self.grid.decode_steps.max(1);
+            if longest > QUANTIZED_MAX_POSITIONS {
+                return Err(PlanError::invalid(
+                    Field::Context,
+                    longest,
+                    format!(
+                        "candle-transformers' quantized_llama has rotary tables for \
+                         {QUANTIZED_MAX_POSITIONS} positions (MAX_SEQ_LEN): the longest context \
+                         plus the decode steps must stay within it"
+                    ),
+                ));
+            }
         }
         if self.engine == EngineProfile::CandleChunked && self.mode == Mode::Train {
             return Err(PlanError::Needs {
@@ -277,6 +319,8 @@ impl BenchPlan {
             prefill_chunk: self.prefill_chunk.unwrap_or(d.prefill_chunk),
             kv_capacity: self.kv_capacity,
             attention_block: self.attention_block.unwrap_or(d.attention_block),
+            quant: self.quant.unwrap_or(d.quant),
+            cpu_simd: d.cpu_simd,
         }
     }
 
@@ -354,6 +398,9 @@ impl BenchPlan {
             if let Some(v) = v {
                 a.push(format!("--{flag}={v}"));
             }
+        }
+        if let Some(q) = self.quant {
+            a.push(format!("--quant={}", q.as_str()));
         }
         a
     }

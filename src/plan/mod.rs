@@ -44,6 +44,7 @@ pub enum Field {
     PrefillChunk,
     KvCapacity,
     AttentionBlock,
+    Quant,
 }
 
 impl Field {
@@ -69,6 +70,7 @@ impl Field {
             Field::PrefillChunk => "prefill_chunk",
             Field::KvCapacity => "kv_capacity",
             Field::AttentionBlock => "attention_block",
+            Field::Quant => "quant",
         }
     }
 
@@ -93,6 +95,8 @@ pub enum Need {
     LoraRank,
     /// The chunked engine.
     Chunked,
+    /// The quantized engine.
+    Quantized,
 }
 
 impl Need {
@@ -105,6 +109,7 @@ impl Need {
             Need::HubModel => "--model to be a Hugging Face model id (owner/name)",
             Need::LoraRank => "--lora-rank",
             Need::Chunked => "--engine candle-chunked",
+            Need::Quantized => "--engine candle-quantized",
         }
     }
 
@@ -117,6 +122,7 @@ impl Need {
             Need::HubModel => "a Hugging Face model id in \"model\"",
             Need::LoraRank => "lora_rank",
             Need::Chunked => "\"engine\": \"candle-chunked\"",
+            Need::Quantized => "\"engine\": \"candle-quantized\"",
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod chunked;
+pub mod quantized;
 pub mod train;
 mod weights;
 
@@ -274,12 +275,16 @@ enum Engine {
     Eager(Box<Llama>, Config),
     /// vramprobe's serving-shaped Llama (`candle-chunked`).
     Chunked(chunked::ChunkedLlama),
+    /// candle-transformers' quantized Llama (`candle-quantized`).
+    Quantized(quantized::QuantizedLlama),
 }
 
-/// One point's cache: candle-transformers' `Cache` or the preallocated one.
+/// One point's cache: candle-transformers' `Cache`, the preallocated one, or (quantized) a
+/// fresh model, whose layers hold the cache and the masks.
 enum PointCache {
     Eager(Cache),
     Chunked(chunked::KvCache),
+    Quantized(quantized::QuantizedLlama),
 }
 
 /// A loaded model ready to be measured.
@@ -314,6 +319,9 @@ impl Runner {
         accel: std::sync::Arc<Accel>,
         probe: &dyn MemoryProbe,
     ) -> Result<Self, RunError> {
+        if engine == EngineProfile::CandleQuantized {
+            return Self::load_quantized(spec, weights, knobs, accel, probe);
+        }
         let config = match engine {
             EngineProfile::CandleEager => Some(candle_config(spec)?),
             EngineProfile::CandleChunked => {
@@ -324,8 +332,8 @@ impl Runner {
                 return Err(RunError::Unsupported {
                     path: spec.source.clone(),
                     reason: format!(
-                        "engine {} is estimated only; bench measures candle-eager and \
-                         candle-chunked",
+                        "engine {} is estimated only; bench measures candle-eager, \
+                         candle-chunked and candle-quantized",
                         other.as_str()
                     ),
                 })
@@ -354,6 +362,74 @@ impl Runner {
             Some(config) => Engine::Eager(Box::new(Llama::load(vb, &config)?), config),
             None => Engine::Chunked(chunked::ChunkedLlama::load(vb, spec, knobs)?),
         };
+        Self::loaded(spec, cdt, engine, accel, probe, baseline_bytes)
+    }
+
+    /// The quantized engine: GGUF weights (a file, or synthetic ones quantized in memory).
+    /// Its weights are measured after the warm-up, because candle's x86 kernels repack
+    /// quantized weights on their first use and keep the tiles; the one-off runtime buffers
+    /// (thread pools, gemm's per-thread slabs) are created before the baseline instead.
+    fn load_quantized(
+        spec: &ModelSpec,
+        weights: &WeightsSource,
+        knobs: Knobs,
+        accel: std::sync::Arc<Accel>,
+        probe: &dyn MemoryProbe,
+    ) -> Result<Self, RunError> {
+        let device = accel.device.clone();
+        let source = match weights {
+            WeightsSource::Synthetic { seed } => {
+                quantized::check(spec, knobs.quant)?;
+                quantized::Source::Synthetic {
+                    seed: *seed,
+                    quant: knobs.quant,
+                }
+            }
+            WeightsSource::Local(p) if p.extension().is_some_and(|x| x == "gguf") => {
+                quantized::check(spec, crate::estimate::candle_quantized::GgmlType::F32)?;
+                quantized::Source::File(p)
+            }
+            WeightsSource::Local(p) => {
+                return Err(RunError::BadTensor {
+                    path: p.clone(),
+                    name: String::new(),
+                    reason: "candle-quantized loads a .gguf file (or synthetic weights)".into(),
+                })
+            }
+        };
+        create_gemm_slabs();
+        if device.is_cpu() {
+            quantized::warm_runtime()?;
+        }
+        accel.settle();
+        let baseline_bytes = probe.current_bytes();
+        let model = quantized::QuantizedLlama::load(spec, source, &device)?;
+        let engine = Engine::Quantized(model);
+        let mut runner = Runner {
+            engine,
+            spec: spec.clone(),
+            dtype: candle_core::DType::F32,
+            device,
+            accel,
+            weights_bytes: 0,
+            warmup_residue_bytes: 0,
+        };
+        runner.warm_up(probe)?;
+        runner.weights_bytes = probe.current_bytes().saturating_sub(baseline_bytes);
+        runner.warmup_residue_bytes = 0;
+        Ok(runner)
+    }
+
+    /// A loaded model, its weights measured from `baseline_bytes`, warmed up.
+    fn loaded(
+        spec: &ModelSpec,
+        cdt: candle_core::DType,
+        engine: Engine,
+        accel: std::sync::Arc<Accel>,
+        probe: &dyn MemoryProbe,
+        baseline_bytes: u64,
+    ) -> Result<Self, RunError> {
+        let device = accel.device.clone();
         // The f32 staging tensors of synthetic weights are freed; give their space back.
         accel.settle();
         let weights_bytes = probe.current_bytes().saturating_sub(baseline_bytes);
@@ -378,6 +454,7 @@ impl Runner {
                 PointCache::Eager(Cache::new(true, self.dtype, config, &self.device)?)
             }
             Engine::Chunked(m) => PointCache::Chunked(m.new_cache(batch, capacity)?),
+            Engine::Quantized(m) => PointCache::Quantized(m.fresh()),
         })
     }
 
@@ -396,6 +473,10 @@ impl Runner {
             (Engine::Chunked(m), PointCache::Chunked(c)) => {
                 m.prefill(c, batch, len, |b, n, o| self.token_ids(b, n, o))?
             }
+            (Engine::Quantized(_), PointCache::Quantized(m)) => {
+                let tokens = self.tokens(batch, len, 0)?;
+                m.forward(&tokens, 0)?
+            }
             _ => return Err(RunError::Device("a cache of another engine".into())),
         })
     }
@@ -408,6 +489,7 @@ impl Runner {
             (Engine::Chunked(m), PointCache::Chunked(c)) => m
                 .forward(&next, pos, c, true)?
                 .ok_or_else(|| RunError::Device("no logits".into()))?,
+            (Engine::Quantized(_), PointCache::Quantized(m)) => m.forward(&next, pos)?,
             _ => return Err(RunError::Device("a cache of another engine".into())),
         })
     }
@@ -416,7 +498,7 @@ impl Runner {
     fn capacity(&self, w: Workload) -> usize {
         match &self.engine {
             Engine::Chunked(m) => m.knobs.capacity(w) as usize,
-            Engine::Eager(..) => 0,
+            Engine::Eager(..) | Engine::Quantized(_) => 0,
         }
     }
 
@@ -425,12 +507,19 @@ impl Runner {
     fn warm_up(&mut self, probe: &dyn MemoryProbe) -> Result<(), RunError> {
         let before = probe.current_bytes();
         create_gemm_slabs();
-        {
+        // candle's quantized Llama prefills one sequence at a time (see quantized::check_batch).
+        let b = if matches!(self.engine, Engine::Quantized(_)) {
+            1
+        } else {
+            2
+        };
+        self.on_point_thread(|| {
             let s = 16.min(self.spec.max_position_embeddings as usize - 1);
-            let mut cache = self.new_cache(2, s + 1)?;
-            let _ = self.prefill(&mut cache, 2, s)?;
-            let _ = self.step(&mut cache, 2, s)?;
-        }
+            let mut cache = self.new_cache(b, s + 1)?;
+            let _ = self.prefill(&mut cache, b, s)?;
+            let _ = self.step(&mut cache, b, s)?;
+            Ok::<_, RunError>(())
+        })?;
         self.accel.settle();
         self.warmup_residue_bytes = probe.current_bytes().saturating_sub(before);
         Ok(())
@@ -465,6 +554,43 @@ impl Runner {
         w: Workload,
         probes: &[&dyn MemoryProbe],
     ) -> Result<PointMeasurement, RunError> {
+        if matches!(self.engine, Engine::Quantized(_)) {
+            // A fresh model (no cached masks), made before the point starts counting.
+            return self.on_point_thread(|| {
+                let fresh = self.new_cache(w.batch as usize, 0)?;
+                self.run_point_with(w, probes, Some(fresh))
+            });
+        }
+        self.run_point_with(w, probes, None)
+    }
+
+    /// `f` on a thread of its own for the quantized engine on the CPU (candle's quantized
+    /// matmul keeps a thread-local input scratch that only grows: a fresh thread gives each
+    /// point its own, freed with the thread), on this thread otherwise.
+    fn on_point_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        if !(matches!(self.engine, Engine::Quantized(_)) && self.device.is_cpu()) {
+            return f();
+        }
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| {
+                // gemm's per-thread packing slab, before anything is counted.
+                gemm_common::gemm::L2_SLAB.with(|slab| drop(slab.borrow()));
+                f()
+            });
+            match handle.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    /// [`Runner::run_point`] with the point's cache already made (`premade`) or made here.
+    fn run_point_with(
+        &self,
+        w: Workload,
+        probes: &[&dyn MemoryProbe],
+        premade: Option<PointCache>,
+    ) -> Result<PointMeasurement, RunError> {
         let (b, s) = (w.batch as usize, w.context as usize);
         let steps = w.decode_steps.max(1) as usize;
         let primary = probes[0];
@@ -484,7 +610,11 @@ impl Runner {
             p.reset_peak();
         }
         let t0 = Instant::now();
-        let mut cache = match self.new_cache(b, self.capacity(w)) {
+        let made = match premade {
+            Some(c) => Ok(c),
+            None => self.new_cache(b, self.capacity(w)),
+        };
+        let mut cache = match made {
             Ok(c) => Some(c),
             Err(RunError::Candle(e)) => {
                 let f = failure(e)?;
