@@ -85,6 +85,9 @@ pub struct Sweep {
     pub resume: bool,
     /// Set (by SIGINT/SIGTERM) to stop after the point being measured.
     pub stop: Option<Arc<AtomicBool>>,
+    /// candle-quantized with a GGUF file: the file's GGML type of every weight (None: the
+    /// plan's one type for all).
+    pub quant_layout: Option<estimate::candle_quantized::QuantLayout>,
 }
 
 impl Sweep {
@@ -136,6 +139,12 @@ impl Sweep {
             }
             (WeightsChoice::Dir(d), _) => WeightsSource::Local(PathBuf::from(d)),
         };
+        let quant_layout = match (&weights, plan.engine) {
+            (WeightsSource::Local(p), EngineProfile::CandleQuantized) => {
+                Some(crate::runner::quantized::gguf_layout(&spec, p).map_err(BenchError::Run)?)
+            }
+            _ => None,
+        };
         let out = out.unwrap_or_else(|| {
             PathBuf::from("runs").join(format!(
                 "{}-{}",
@@ -151,6 +160,7 @@ impl Sweep {
             command: std::env::args().collect(),
             resume: false,
             stop: None,
+            quant_layout,
         })
     }
 }
@@ -172,6 +182,16 @@ impl Sweep {
         if backend == Backend::Cpu {
             // What candle's quantized kernels repack depends on this CPU.
             knobs.cpu_simd = crate::runner::quantized::cpu_simd();
+        }
+        if let Some(layout) = &self.quant_layout {
+            return estimate::estimate_layout(
+                &self.spec,
+                self.plan.dtype,
+                backend,
+                w,
+                layout,
+                knobs.cpu_simd,
+            );
         }
         estimate::estimate_with(
             &self.spec,
@@ -592,6 +612,7 @@ mod tests {
             command: vec![],
             resume: false,
             stop: None,
+            quant_layout: None,
         };
         let s = sweep(OverMemory::Skip);
         let w = s.plan.workloads(&s.spec).expect("grid");

@@ -370,7 +370,8 @@ pub struct BenchArgs {
     /// Element type to load and run the model in.
     #[arg(long, default_value_t = plan::DEFAULT_DTYPE)]
     pub dtype: DType,
-    /// Batch sizes, comma-separated [default: 1,2,4; with --mode train: 1,2].
+    /// Batch sizes, comma-separated [default: 1,2,4; with --mode train: 1,2; with
+    /// --engine candle-quantized: 1].
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<u64>,
     /// Context lengths (prompt tokens), comma-separated [default: 128,256,512,1024; with
@@ -635,7 +636,12 @@ impl BenchArgs {
                 targets: self.lora_targets.clone(),
             }),
             grid: Grid {
-                batches: or_default(&self.batch, defaults.batches),
+                // candle's quantized Llama runs one sequence (see BenchPlan::check).
+                batches: if self.engine == EngineProfile::CandleQuantized {
+                    or_default(&self.batch, vec![1])
+                } else {
+                    or_default(&self.batch, defaults.batches)
+                },
                 contexts: or_default(&self.context, defaults.contexts),
                 decode_steps: self.decode_steps,
             },

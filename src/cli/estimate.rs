@@ -25,6 +25,7 @@ struct Answer<'a> {
     /// `--fit`: the GPU catalogue.
     fits: Option<Vec<GpuFit>>,
     assumed: Vec<String>,
+    quant: estimate::Quant,
 }
 
 pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
@@ -45,7 +46,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         .into());
     }
     let context = a.context.unwrap_or_else(|| {
-        spec.max_position_embeddings
+        super::engine_positions(&spec, engine)
             .saturating_sub(a.q.decode_steps)
             .max(2)
     });
@@ -55,6 +56,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         decode_steps: a.q.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
+    super::check_engine_workload(engine, w, a.q.train.mode)?;
     if a.q.train.mode == Mode::Train {
         // A training step has no decode steps: the context is the whole sequence.
         let w = Workload {
@@ -106,6 +108,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         overheads_source,
         fits,
         assumed: grid.assumptions(&spec),
+        quant,
     };
     if a.json {
         print_json(&a, &answer)
@@ -182,7 +185,13 @@ fn print_table(r: &Answer<'_>) {
     if let Some(fits) = &r.fits {
         out!(
             "\n{}",
-            report::fit_table(&r.spec.name(), e.dtype, e.engine, e.workload, fits)
+            report::fit_table(
+                &r.spec.name(),
+                &super::precision(e.dtype, e.engine, r.quant),
+                e.engine,
+                e.workload,
+                fits
+            )
         );
     }
 }

@@ -48,7 +48,13 @@ fn print_fit(
         print_assumed(assumed);
         out!(
             "{}",
-            report::fit_table(&q.spec.name(), q.dtype, q.engine, q.workload, fits)
+            report::fit_table(
+                &q.spec.name(),
+                &super::precision(q.dtype, q.engine, q.quant),
+                q.engine,
+                q.workload,
+                fits
+            )
         );
     }
     Ok(())
@@ -63,8 +69,8 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
     if a.concurrency.is_some() {
         return Err(BadInput("--concurrency is for --engine vllm's plan".into()).into());
     }
-    let limit = spec
-        .max_position_embeddings
+    a.q.quant_for(engine)?;
+    let limit = super::engine_positions(&spec, engine)
         .saturating_sub(a.q.decode_steps)
         .max(2);
     let context = a.context.unwrap_or(4096.min(limit));
@@ -74,6 +80,7 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
         decode_steps: a.q.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
+    super::check_engine_workload(engine, w, a.q.train.mode)?;
     let (overheads, source) = load_overheads(a.q.calibration.as_deref())?;
     let q = a.q.fit_query(&spec, dtype, engine, w, overheads);
     if a.q.train.mode == Mode::Train {

@@ -120,6 +120,72 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
     })
 }
 
+/// How a model's numbers are held, for headings: the dtype, or for candle-quantized its
+/// GGML type (and f32 activations).
+pub(crate) fn precision(
+    dtype: crate::spec::DType,
+    engine: crate::estimate::EngineProfile,
+    quant: crate::estimate::Quant,
+) -> String {
+    match (engine, quant.ggml()) {
+        (crate::estimate::EngineProfile::CandleQuantized, Some(t)) => {
+            format!("{} (GGUF blocks; f32 activations and KV cache)", t.as_str())
+        }
+        (crate::estimate::EngineProfile::CandleQuantized, None) => {
+            "q4k (GGUF blocks; f32 activations and KV cache)".into()
+        }
+        _ => dtype.to_string(),
+    }
+}
+
+/// The most positions `engine` can run for `spec`: candle-quantized's rotary tables stop at
+/// 4096, the others at the config's max_position_embeddings.
+pub(crate) fn engine_positions(
+    spec: &crate::spec::ModelSpec,
+    engine: crate::estimate::EngineProfile,
+) -> u64 {
+    if engine == crate::estimate::EngineProfile::CandleQuantized {
+        spec.max_position_embeddings
+            .min(crate::estimate::candle_quantized::MAX_POSITIONS)
+    } else {
+        spec.max_position_embeddings
+    }
+}
+
+/// What `engine` cannot run at all: candle-quantized trains nothing and has rotary tables
+/// for 4096 positions.
+///
+/// # Errors
+/// [`BadInput`] naming the flag.
+pub(crate) fn check_engine_workload(
+    engine: crate::estimate::EngineProfile,
+    w: crate::estimate::Workload,
+    mode: crate::plan::Mode,
+) -> Result<(), BadInput> {
+    if engine != crate::estimate::EngineProfile::CandleQuantized {
+        return Ok(());
+    }
+    if mode == crate::plan::Mode::Train {
+        return Err(BadInput(
+            "--mode train: candle-quantized runs inference only (its weights are frozen GGUF \
+             blocks; QLoRA is --quant int4 with --lora-rank on the other engines)"
+                .into(),
+        ));
+    }
+    let max = crate::estimate::candle_quantized::MAX_POSITIONS;
+    let need = w.context + w.decode_steps.max(1);
+    if need > max {
+        return Err(BadInput(format!(
+            "--context {} + --decode-steps {} = {need} positions: candle-transformers' \
+             quantized_llama has rotary tables for {max} (MAX_SEQ_LEN), so candle-quantized \
+             cannot run past them",
+            w.context,
+            w.decode_steps.max(1)
+        )));
+    }
+    Ok(())
+}
+
 /// Run a parsed command.
 ///
 /// # Errors

@@ -24,8 +24,13 @@
 //!   its input into a fresh Q8K buffer. Every other quantized matmul quantizes its input
 //!   into a thread-local scratch that only grows (`k_quants::matmul`).
 //! - On CUDA (`quantized/cuda.rs`, `fast_mmvq.rs`, `fast_mmq.rs`; untested on a GPU): each
-//!   weight padded by `MATRIX_ROW_PADDING` (512) values; the input quantized to Q8_1 blocks
-//!   (36 bytes per 32 values, rows padded to 512) per matmul; no repacking.
+//!   weight padded by `MATRIX_ROW_PADDING` (512) values; no repacking. Up to 8 rows go to
+//!   MMVQ, which quantizes the input to Q8_1 (36 bytes per 32 values, rows padded to 512)
+//!   into a per-device workspace that only grows; more rows go to MMQ, with its own
+//!   grow-only workspace (144 bytes per 128 padded values per row, plus 128 x 144) and a
+//!   16 MiB fix-up buffer made once. The workspaces outlive every point: the runner's
+//!   warm-up sizes them first (so they are part of the loaded model), and a point that needs
+//!   more allocates the larger one before the old one goes.
 
 use super::{Backend, Breakdown, Component, Replay, Workload};
 use crate::spec::ModelSpec;
@@ -40,6 +45,12 @@ pub const MAX_POSITIONS: u64 = 4096;
 const GEMM_CALL_BYTES: u64 = super::candle_chunked::GEMM_CALL_BYTES;
 /// candle's CUDA quantized storages are padded by this many values per tensor.
 const CUDA_ROW_PADDING: u64 = 512;
+/// candle's CUDA MMVQ kernels take at most this many rows; more go to MMQ.
+const MMVQ_MAX_ROWS: u64 = 8;
+/// MMQ's fix-up buffer: 256 SMs x 128 x 128 f32, allocated on first use and kept.
+const MMQ_FIXUP_BYTES: u64 = 256 * 128 * 128 * 4;
+/// The runner's warm-up: a prefill of this many tokens of one sequence, then a step.
+pub const WARMUP_TOKENS: u64 = 16;
 
 /// A GGML tensor type the estimate models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -297,6 +308,19 @@ struct Model<'a> {
     vocab: u64,
     /// The thread-local input scratch of `k_quants::matmul`: length and capacity in u64s.
     scratch: (u64, u64),
+    /// CUDA: the MMVQ and MMQ workspaces' sizes.
+    cuda_ws: (u64, u64),
+}
+
+/// MMVQ's workspace for `m` rows of `k` inputs.
+fn mmvq_bytes(m: u64, k: u64) -> u64 {
+    m * (k.next_multiple_of(CUDA_ROW_PADDING) / 32) * 36
+}
+
+/// MMQ's workspace for `m` rows of `k` inputs.
+fn mmq_bytes(m: u64, k: u64) -> u64 {
+    let k_padded = k.next_multiple_of(CUDA_ROW_PADDING).next_multiple_of(128);
+    m * (k_padded / 128) * 144 + 128 * 144
 }
 
 /// Whether candle copies `(b, n, h, d).transpose(1, 2)` to make it contiguous.
@@ -329,7 +353,19 @@ impl<'a> Model<'a> {
             inter: spec.intermediate_size,
             vocab: spec.vocab_size,
             scratch: (0, 0),
+            cuda_ws: (0, 0),
         }
+    }
+
+    /// CUDA: the workspaces as the warm-up leaves them (MMQ for its 16-token prefill, MMVQ
+    /// for one row, each at the widest input), and MMQ's fix-up buffer.
+    fn warm_workspaces(&self) -> (u64, u64, u64) {
+        let k = self.hidden.max(self.inter);
+        (
+            mmvq_bytes(1, k),
+            mmq_bytes(WARMUP_TOKENS, k),
+            MMQ_FIXUP_BYTES,
+        )
     }
 
     /// The projections of layer `l` as `(type, rows n, inputs k)`.
@@ -393,6 +429,10 @@ impl<'a> Model<'a> {
         weights += (2 * self.layers + 1) * self.hidden * 4;
         // cos and sin for MAX_SEQ_LEN positions of head_dim / 2, f32.
         let rope = 2 * MAX_POSITIONS * (self.head_dim / 2) * 4;
+        if self.cpu.is_none() {
+            let (v, q, f) = self.warm_workspaces();
+            tiles += v + q + f; // kept beside the weights, like the CPU's tiles
+        }
         (weights, tiles, rope)
     }
 
@@ -435,11 +475,23 @@ impl<'a> Model<'a> {
                 }
             }
             None => {
-                // The input quantized to Q8_1 (36 bytes per 32), rows padded to 512 values.
-                let lhs = m * k.next_multiple_of(CUDA_ROW_PADDING) / 32 * 36;
-                r.alloc(MatmulWorkspace, lhs);
+                // The input quantized into a grow-only workspace; then the f32 output.
+                let (vq, mq) = self.cuda_ws;
+                let (have, need) = if m <= MMVQ_MAX_ROWS {
+                    (vq, mmvq_bytes(m, k))
+                } else {
+                    (mq, mmq_bytes(m, k))
+                };
+                if need > have {
+                    r.alloc(MatmulWorkspace, need);
+                    r.free(MatmulWorkspace, have);
+                    self.cuda_ws = if m <= MMVQ_MAX_ROWS {
+                        (need, mq)
+                    } else {
+                        (vq, need)
+                    };
+                }
                 r.alloc(out, out_bytes);
-                r.free(MatmulWorkspace, lhs);
             }
         }
     }
@@ -555,7 +607,12 @@ impl<'a> Model<'a> {
         let x = b * s * self.hidden * 4;
         r.alloc(HiddenStates, b * s * 4); // token ids (u32)
         if s > 1 {
-            let v = mask_vec_capacity(s, kv);
+            // Built in a host Vec, then copied to the device (on the CPU both are host).
+            let v = if self.cpu.is_some() {
+                mask_vec_capacity(s, kv)
+            } else {
+                0
+            };
             r.alloc(CausalMask, v);
             r.alloc(CausalMask, s * kv);
             r.free(CausalMask, v);
@@ -582,8 +639,19 @@ impl<'a> Model<'a> {
             r.free(HiddenStates, 4 * x); // layer input, both norms' outputs, attn + residual
         }
         r.alloc(HiddenStates, x); // output_norm
+                                  // The last position of each sequence: a strided view that QMatMul refuses when
+                                  // b > 1 and s > 1 (huggingface/candle#2788); estimated as the forward would run with
+                                  // it made contiguous, one copy.
+        let last_copy = b > 1 && s > 1;
+        let one = b * self.hidden * 4;
+        if last_copy {
+            r.alloc(HiddenStates, one);
+        }
         let out = self.layout.output_type();
         self.qmm(r, Logits, b, (self.vocab, self.hidden), out);
+        if last_copy {
+            r.free(HiddenStates, one);
+        }
         r.free(HiddenStates, 2 * x); // the norm's output and the last layer's output
         r.free(HiddenStates, b * s * 4);
     }
@@ -601,11 +669,19 @@ pub fn resident_bytes(
     w + tiles + rope
 }
 
-fn start(r: &mut Replay, m: &Model<'_>) {
+/// The loaded model, warmed up: on CUDA the workspaces as the warm-up left them.
+fn start(r: &mut Replay, m: &mut Model<'_>) {
     let (w, tiles, rope) = m.resident();
     r.alloc(Weights, w);
-    r.alloc(RepackedWeights, tiles);
     r.alloc(RopeTables, rope);
+    if m.cpu.is_none() {
+        let (v, q, f) = m.warm_workspaces();
+        m.cuda_ws = (v, q);
+        r.alloc(RepackedWeights, tiles - (v + q + f));
+        r.alloc(MatmulWorkspace, v + q + f);
+    } else {
+        r.alloc(RepackedWeights, tiles);
+    }
 }
 
 /// The prefill of `batch x context` on a fresh model (no mask cached, empty cache), on a
@@ -619,7 +695,7 @@ pub fn prefill(
 ) -> Breakdown {
     let mut m = Model::new(spec, layout, backend, simd);
     let mut r = Replay::new();
-    start(&mut r, &m);
+    start(&mut r, &mut m);
     m.forward(&mut r, w.batch, w.context, 0);
     r.peak
 }
@@ -636,16 +712,27 @@ pub fn decode(
     let mut m = Model::new(spec, layout, backend, simd);
     let (b, s) = (w.batch, w.context);
     let steps = w.decode_steps.max(1);
-    // The prefill and the steps before the last, for what they leave in the scratch.
+    // The prefill and the steps before the last, for what they leave in the scratch and
+    // the workspaces.
     let mut warm = Replay::new();
+    start(&mut warm, &mut m);
+    let ws_start = m.cuda_ws;
     m.forward(&mut warm, b, s, 0);
     if steps > 1 {
         m.forward(&mut warm, b, 1, s);
     }
+    let (scratch, ws) = (m.scratch, m.cuda_ws);
     let mut r = Replay::new();
-    start(&mut r, &m);
+    start(&mut r, &mut m);
+    m.scratch = scratch;
+    m.cuda_ws = ws;
     r.alloc(CausalMask, s * s);
-    r.alloc(MatmulWorkspace, m.scratch.1 * 8);
+    r.alloc(MatmulWorkspace, scratch.1 * 8);
+    // The workspaces' growth in the prefill (the warm-up's are in the model).
+    r.alloc(
+        MatmulWorkspace,
+        (ws.0 + ws.1).saturating_sub(ws_start.0 + ws_start.1),
+    );
     let before = s + steps - 1;
     let kv = 2 * m.layers * b * m.kv_heads * before * m.head_dim * 4;
     r.alloc(KvCache, kv);

@@ -153,7 +153,11 @@ fn round_up(x: u64, granule: u64) -> u64 {
 /// caching allocator, which holds more (measured on the H100 at batch 1 x 8192: eager
 /// attention 48.3 GiB in NVML for 36.5 GiB allocated, SDPA 18.1 for 16.9), is not modelled.
 pub fn pool_slack_bytes(e: &Estimate, phase: Phase, o: &CudaOverheads) -> u64 {
-    if e.engine != super::EngineProfile::CandleEager {
+    // The engines whose KV cache grows by `cat` every step (candle-eager, candle-quantized).
+    if !matches!(
+        e.engine,
+        super::EngineProfile::CandleEager | super::EngineProfile::CandleQuantized
+    ) {
         return 0;
     }
     match phase {

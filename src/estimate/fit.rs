@@ -48,6 +48,12 @@ pub struct GpuFit {
     pub max_batch: Option<u64>,
     /// The largest context that fits at the query's batch (None: not even 2 tokens).
     pub max_context: Option<u64>,
+    /// Where the engine's code stops short of the memory (candle-quantized: one sequence,
+    /// 4096 positions): the largest batch and context the memory alone would hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_context_memory: Option<u64>,
     /// The fewest GPUs (a power of two dividing the attention heads) that hold the workload
     /// with tensor parallelism, and what each then needs.
     pub tp_gpus: Option<u64>,
@@ -182,7 +188,21 @@ pub fn fit(q: &FitQuery<'_>, gpu: &'static GpuModel) -> GpuFit {
         .filter(|n| heads % n == 0)
         .map(|n| (n, tp_peak(q, w, n)))
         .find(|&(_, per)| per <= usable);
-    gpu_fit(gpu, needed, (max_batch, max_context), tp, "tensor")
+    let mut f = gpu_fit(gpu, needed, (max_batch, max_context), tp, "tensor");
+    if q.engine == EngineProfile::CandleQuantized {
+        // candle's quantized Llama: one sequence (huggingface/candle#2788), rotary tables
+        // for 4096 positions.
+        let cap = super::candle_quantized::MAX_POSITIONS.saturating_sub(w.decode_steps.max(1));
+        f.max_batch_memory = max_batch.filter(|&b| b > 1);
+        f.max_batch = max_batch.map(|b| b.min(1));
+        if max_context.is_some_and(|c| c > cap) {
+            f.max_context_memory = max_context;
+            f.max_context = largest(2, cap.max(2), |c| {
+                process_peak(q, Workload { context: c, ..w }) <= usable
+            });
+        }
+    }
+    f
 }
 
 /// The answer for one GPU from what was searched.
@@ -204,6 +224,8 @@ fn gpu_fit(
         headroom_bytes: usable as i64 - needed as i64,
         max_batch,
         max_context,
+        max_batch_memory: None,
+        max_context_memory: None,
         tp_gpus: split.map(|t| t.0),
         tp_bytes_per_gpu: split.map(|t| t.1),
         parallelism,

@@ -227,6 +227,13 @@ impl BenchPlan {
                     needs: Need::Quantized,
                 });
             }
+            if self.weights != WeightsChoice::Synthetic {
+                return Err(PlanError::invalid(
+                    Field::Quant,
+                    q.as_str(),
+                    "is for synthetic weights: a GGUF file's weights have the types it holds",
+                ));
+            }
             if !GgmlType::OFFERED.contains(&q) {
                 return Err(PlanError::invalid(
                     Field::Quant,
@@ -241,6 +248,16 @@ impl BenchPlan {
                     field: Field::Engine,
                     needs: Need::Inference,
                 });
+            }
+            if let Some(&b) = self.grid.batches.iter().find(|&&b| b != 1) {
+                return Err(PlanError::invalid(
+                    Field::Batch,
+                    b,
+                    "candle-transformers 0.11's quantized_llama prefills one sequence at a \
+                     time (with more, the last position's slice is not contiguous and QMatMul \
+                     refuses it: huggingface/candle#2788); use --batch 1 (`estimate` and `fit` \
+                     still answer for larger batches)",
+                ));
             }
             let longest = self.grid.contexts.iter().max().copied().unwrap_or(0)
                 + self.grid.decode_steps.max(1);

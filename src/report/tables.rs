@@ -70,13 +70,19 @@ pub fn estimate_table(model: &str, e: &Estimate) -> String {
     let w = e.workload;
     let _ = writeln!(out, "model            {model}");
     let _ = writeln!(out, "parameters       {}", grouped(e.params));
+    let held = if e.engine == crate::estimate::EngineProfile::CandleQuantized {
+        "as candle-quantized holds them (GGUF blocks, the embedding and norms in f32, \
+         rotary tables, x86 tiles or CUDA workspaces)"
+            .to_string()
+    } else {
+        format!("in {}", e.dtype)
+    };
     let _ = writeln!(
         out,
-        "weights          {} bytes = {} ({:.2} GB) in {}",
+        "weights          {} bytes = {} ({:.2} GB) {held}",
         grouped(e.weights_bytes),
         bytes(e.weights_bytes),
         e.weights_bytes as f64 / 1e9,
-        e.dtype
     );
     let _ = writeln!(
         out,
@@ -266,7 +272,7 @@ pub fn gpus_table(cat: &[crate::estimate::gpus::GpuModel]) -> String {
 /// The fit of one workload over GPUs.
 pub fn fit_table(
     model: &str,
-    dtype: crate::spec::DType,
+    dtype: &str,
     engine: crate::estimate::EngineProfile,
     w: crate::estimate::Workload,
     fits: &[crate::estimate::fit::GpuFit],
@@ -304,6 +310,22 @@ pub fn fit_table(
             format!("-{}", bytes(f.headroom_bytes.unsigned_abs()))
         };
         let opt = |o: Option<u64>| o.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let quantized = engine == crate::estimate::EngineProfile::CandleQuantized;
+        let mut notes = Vec::new();
+        if !f.bf16 && !quantized {
+            notes.push("no bf16: fp16 or fp32 only".to_string());
+        }
+        if let Some(b) = f.max_batch_memory {
+            notes.push(format!("memory holds batch {b}"));
+        }
+        if let Some(c) = f.max_context_memory {
+            notes.push(format!("memory holds {c} tokens"));
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", notes.join("; "))
+        };
         let _ = writeln!(
             out,
             "{:<12} {:>11} {:>11} {:>4} {:>12} {:>9} {:>11} {:>9}{}",
@@ -315,11 +337,15 @@ pub fn fit_table(
             opt(f.max_batch),
             opt(f.max_context),
             opt(f.tp_gpus),
-            if f.bf16 {
-                ""
-            } else {
-                "  (no bf16: fp16 or fp32 only)"
-            }
+            notes
+        );
+    }
+    if engine == crate::estimate::EngineProfile::CandleQuantized {
+        let _ = writeln!(
+            out,
+            "candle-quantized (candle-transformers 0.11's quantized_llama) runs one sequence \
+             (huggingface/candle#2788) and has rotary tables for 4096 positions: \"memory \
+             holds\" is what the card would take past those limits"
         );
     }
     let _ = writeln!(

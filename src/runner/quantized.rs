@@ -14,7 +14,7 @@
 //!   point then pays for its own scratch, as a fresh process would, and no more.
 
 use super::RunError;
-use crate::estimate::candle_quantized::{CpuSimd, GgmlType};
+use crate::estimate::candle_quantized::{CpuSimd, GgmlType, QuantLayout};
 use crate::spec::{ModelSpec, TensorSpec};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -269,6 +269,60 @@ pub fn warm_runtime() -> Result<(), RunError> {
     Ok(())
 }
 
+/// The GGML type of every weight of a GGUF file, checked against the config: the file
+/// must be a llama GGUF (`general.architecture`), hold every tensor of the config's shapes,
+/// in types the estimate models.
+///
+/// # Errors
+/// [`RunError::BadTensor`] naming the file, and the tensor or metadata key at fault.
+pub fn gguf_layout(spec: &ModelSpec, path: &Path) -> Result<QuantLayout, RunError> {
+    let bad = |name: &str, reason: String| RunError::BadTensor {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| bad("", e.to_string()))?;
+    let content = gguf_file::Content::read(&mut f)
+        .map_err(|e| bad("", format!("not a readable GGUF file: {e}")))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(RunError::BadTensor {
+            path: path.to_path_buf(),
+            name: String::new(),
+            reason: format!(
+                "metadata general.architecture is {arch:?}: candle-quantized runs \"llama\" \
+                 GGUF files (candle-transformers' quantized_llama)"
+            ),
+        });
+    }
+    let types = gguf_types(spec, path, &content)?;
+    Ok(QuantLayout::from_types(spec, &types, GgmlType::F32))
+}
+
+/// Write the synthetic weights of `spec` as a GGUF file (every 2-D weight in `quant`, the
+/// norms in f32): what `--weights FILE.gguf` loads, for tests and for trying the engine on
+/// a file without downloading one.
+///
+/// # Errors
+/// [`RunError::BadTensor`] when the file cannot be written.
+pub fn write_synthetic_gguf(
+    spec: &ModelSpec,
+    seed: u64,
+    quant: GgmlType,
+    path: &Path,
+) -> Result<(), RunError> {
+    let bytes = synthetic_gguf(spec, seed, quant)?;
+    std::fs::write(path, bytes).map_err(|e| RunError::BadTensor {
+        path: path.to_path_buf(),
+        name: String::new(),
+        reason: e.to_string(),
+    })
+}
+
 /// Where the quantized weights come from.
 pub enum Source<'a> {
     Synthetic { seed: u64, quant: GgmlType },
@@ -299,9 +353,9 @@ impl QuantizedLlama {
                     name: String::new(),
                     reason,
                 };
+                gguf_layout(spec, path)?;
                 let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
                 let content = gguf_file::Content::read(&mut f).map_err(|e| bad(e.to_string()))?;
-                gguf_types(spec, path, &content)?;
                 ModelWeights::from_gguf(content, &mut f, device)?
             }
         };
@@ -318,5 +372,76 @@ impl QuantizedLlama {
     /// A forward of `tokens` (b, s) at `pos`: the last position's logits.
     pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         self.model.forward(tokens, pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ModelSpec {
+        ModelSpec::from_path(Path::new("models/vramprobe-tiny-llama")).expect("tiny")
+    }
+
+    /// Every checkpoint tensor has the GGUF name quantized_llama reads.
+    #[test]
+    fn every_tensor_has_a_gguf_name() {
+        let s = tiny();
+        for t in s.tensors() {
+            assert!(gguf_name(&t.name).is_some(), "{}", t.name);
+        }
+        assert_eq!(
+            gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(),
+            Some("blk.3.ffn_down.weight")
+        );
+        assert_eq!(gguf_name("model.layers.0.mlp.fused.weight"), None);
+    }
+
+    /// A GGUF file written from synthetic weights reads back as the pure layout it was
+    /// written in; candle's own quantizer sized each tensor as the estimate's block
+    /// arithmetic says.
+    #[test]
+    fn a_written_gguf_reads_back_with_its_types_and_sizes() {
+        let s = tiny();
+        let dir = tempfile::tempdir().expect("tmp");
+        for q in GgmlType::OFFERED {
+            let path = dir.path().join(format!("tiny-{}.gguf", q.as_str()));
+            write_synthetic_gguf(&s, 7, q, &path).expect("write");
+            let layout = gguf_layout(&s, &path).expect("layout");
+            let mut pure = QuantLayout::pure(&s, q);
+            pure.layers = vec![pure.layers[0]; s.num_layers as usize];
+            assert_eq!(layout, pure, "{}", q.as_str());
+            let mut f = std::fs::File::open(&path).expect("open");
+            let content = gguf_file::Content::read(&mut f).expect("read");
+            for t in s.tensors() {
+                let name = gguf_name(&t.name).expect("name");
+                let qt = content.tensor(&mut f, &name, &Device::Cpu).expect("tensor");
+                let elems = t.numel();
+                let want = if t.shape.len() == 2 {
+                    q.bytes(elems)
+                } else {
+                    elems * 4
+                };
+                assert_eq!(qt.storage_size_in_bytes() as u64, want, "{name}");
+            }
+        }
+    }
+
+    /// A GGUF whose tensors do not match config.json is named, with the tensor.
+    #[test]
+    fn a_gguf_of_another_model_is_refused_naming_the_tensor() {
+        let s = tiny();
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tiny.gguf");
+        write_synthetic_gguf(&s, 7, GgmlType::Q8_0, &path).expect("write");
+        let mut other = s.clone();
+        other.intermediate_size = 512;
+        let e = gguf_layout(&other, &path).expect_err("another shape");
+        let text = e.to_string();
+        assert!(text.contains("tiny.gguf"), "{text}");
+        assert!(text.contains("blk.0.ffn_gate.weight"), "{text}");
+        std::fs::write(&path, b"not a gguf").expect("write");
+        let e = gguf_layout(&s, &path).expect_err("garbage");
+        assert!(e.to_string().contains("not a readable GGUF"), "{e}");
     }
 }
