@@ -106,9 +106,13 @@ pub struct ServeArgs {
     /// Sweeps' mode, inference or train [default: bench's, inference].
     #[arg(long, env = "VRAMPROBE_BENCH_MODE")]
     pub bench_mode: Option<String>,
-    /// Sweeps' engine, candle-eager or candle-chunked [default: bench's, candle-eager].
+    /// Sweeps' engine, candle-eager, candle-chunked or candle-quantized [default: bench's,
+    /// candle-eager].
     #[arg(long, env = "VRAMPROBE_BENCH_ENGINE")]
     pub bench_engine: Option<String>,
+    /// Sweeps' GGML type with --bench-engine candle-quantized: q4_0, q4k, q8_0 [default: q4k].
+    #[arg(long, env = "VRAMPROBE_BENCH_QUANT")]
+    pub bench_quant: Option<String>,
     /// Longest a client may take to send a request's headers (slow clients are cut off).
     #[arg(long, env = "VRAMPROBE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: std::time::Duration,

@@ -33,6 +33,7 @@ pub(super) fn run(a: ServeArgs) -> anyhow::Result<()> {
             prefill_chunk: None,
             kv_capacity: None,
             attention_block: None,
+            quant: a.bench_quant,
         },
         header_timeout: a.header_timeout,
         request_timeout: a.request_timeout,

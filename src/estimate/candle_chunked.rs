@@ -560,6 +560,7 @@ mod tests {
                 prefill_chunk: chunk,
                 kv_capacity: None,
                 attention_block: block,
+                ..Knobs::default()
             };
             for (dtype, backend) in [(DType::F32, Backend::Cpu), (DType::BF16, Backend::Cuda)] {
                 assert_eq!(

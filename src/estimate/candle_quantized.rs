@@ -739,3 +739,192 @@ pub fn decode(
     m.forward(&mut r, b, 1, before);
     r.peak
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DType;
+
+    fn spec(dir: &str) -> ModelSpec {
+        ModelSpec::from_path(std::path::Path::new(dir)).expect(dir)
+    }
+
+    /// ggml's block sizes (`k_quants.rs`: `size_of::<BlockQ4_0>()` ...) and the x86 tiles'
+    /// (`repack_x86.rs`), per value.
+    #[test]
+    fn block_and_tile_arithmetic() {
+        assert_eq!(GgmlType::Q4_0.bytes(32 * 1000), 18_000);
+        assert_eq!(GgmlType::Q8_0.bytes(32 * 1000), 34_000);
+        assert_eq!(GgmlType::Q4K.bytes(256 * 10), 1_440);
+        assert_eq!(GgmlType::Q6K.bytes(256 * 10), 2_100);
+        assert_eq!(GgmlType::F16.bytes(10), 20);
+        // 4.5, 8.5, 4.5 and 6.5625 bits per weight.
+        for (t, bits) in [
+            (GgmlType::Q4_0, 4.5),
+            (GgmlType::Q8_0, 8.5),
+            (GgmlType::Q4K, 4.5),
+            (GgmlType::Q6K, 6.5625),
+        ] {
+            let b = t.block_bytes() as f64 * 8.0 / t.block_elems() as f64;
+            assert!((b - bits).abs() < 1e-9, "{t:?} {b}");
+        }
+        // Tiles of a 4096 x 4096 weight: Q4K 0.75 bytes per value, Q8_0 1.0625, Q6K 1.25.
+        let n = 4096 * 4096;
+        assert_eq!(GgmlType::Q4K.tile_bytes(4096, 4096), n * 3 / 4);
+        assert_eq!(GgmlType::Q8_0.tile_bytes(4096, 4096), n * 17 / 16);
+        assert_eq!(GgmlType::Q6K.tile_bytes(4096, 4096), n * 5 / 4);
+        assert_eq!(GgmlType::Q4_0.tile_bytes(4096, 4096), 0);
+    }
+
+    /// `repack_x86::select`, case by case.
+    #[test]
+    fn what_candle_repacks_on_x86() {
+        use CpuSimd::*;
+        let (n, k) = (4096, 4096);
+        assert!(Avx2.repacks(GgmlType::Q4K, 1, n, k));
+        assert!(!Avx2.repacks(GgmlType::Q8_0, 16, n, k)); // AVX2 alone: maddubs overflows
+        assert!(AvxVnni.repacks(GgmlType::Q8_0, 1, n, k));
+        assert!(!AvxVnni.repacks(GgmlType::Q6K, 1, n, k)); // one row stays compact
+        assert!(AvxVnni.repacks(GgmlType::Q6K, 2, n, k));
+        assert!(!Avx512Vnni.repacks(GgmlType::Q4_0, 16, n, k));
+        assert!(!AvxVnni.repacks(GgmlType::Q4K, 16, 4088, k)); // rows not a multiple of 16
+        assert!(!AvxVnni.repacks(GgmlType::Q4K, 16, n, 4000)); // inputs not of 256
+        assert!(!Portable.repacks(GgmlType::Q4K, 16, n, k));
+    }
+
+    /// The mask's Vec capacity, against a real `Vec` collected from the same iterator as
+    /// candle's `build_causal_mask`.
+    #[test]
+    fn mask_capacity_matches_a_real_collect() {
+        for (s, kv) in [
+            (3, 5),
+            (128, 128),
+            (300, 300),
+            (7, 9),
+            (1000, 1000),
+            (2, 64),
+        ] {
+            let v: Vec<u8> = (0..s)
+                .flat_map(|i| (0..kv).map(move |j| u8::from(j > i)))
+                .collect();
+            assert_eq!(
+                v.capacity() as u64,
+                mask_vec_capacity(s as u64, kv as u64),
+                "{s} x {kv}"
+            );
+        }
+    }
+
+    /// The resident weights, counted independently from the checkpoint's tensor list: every
+    /// 2-D tensor in its GGML blocks except the untied embedding (dequantized instead), the
+    /// f32 embedding, the norms in f32.
+    #[test]
+    fn resident_weights_match_the_tensor_inventory() {
+        for dir in [
+            "models/meta-llama-3-8b-instruct",
+            "models/vramprobe-tiny-llama",
+            "models/llama-3.1-8b-instruct",
+        ] {
+            let s = spec(dir);
+            for t in GgmlType::OFFERED {
+                let layout = QuantLayout::pure(&s, t);
+                let mut want = 0;
+                for ts in s.tensors() {
+                    let n = ts.numel();
+                    if ts.name == "model.embed_tokens.weight" {
+                        want += n * 4; // dequantized at load
+                        if s.tie_word_embeddings {
+                            want += t.bytes(n); // and kept as the output layer
+                        }
+                    } else if ts.shape.len() == 2 {
+                        want += t.bytes(n);
+                    } else {
+                        want += n * 4;
+                    }
+                }
+                let m = Model::new(&s, &layout, Backend::Cpu, CpuSimd::Portable);
+                let (w, tiles, rope) = m.resident();
+                assert_eq!(w, want, "{dir} {t:?}");
+                assert_eq!(tiles, 0);
+                assert_eq!(rope, 2 * 4096 * (s.head_dim / 2) * 4);
+            }
+        }
+    }
+
+    /// Llama-3-8B: the embedding in f32 (128,256 x 4,096 x 4 = 2.10 GB) is a third of the
+    /// q4k model; the KV cache is f32 (256 KiB per token); the prefill of 4K tokens holds
+    /// three 32 x 4K x 4K f32 score tensors.
+    #[test]
+    fn llama3_8b_terms() {
+        let s = spec("models/meta-llama-3-8b-instruct");
+        let layout = QuantLayout::pure(&s, GgmlType::Q4K);
+        let w = Workload {
+            batch: 1,
+            context: 4088,
+            decode_steps: 8,
+        };
+        let p = prefill(&s, &layout, Backend::Cuda, CpuSimd::Portable, w);
+        assert_eq!(p.get(AttentionScores), 3 * 32 * 4088 * 4088 * 4);
+        let d = decode(&s, &layout, Backend::Cuda, CpuSimd::Portable, w);
+        // Every layer's K and V for 4096 positions, f32; the last layer's old copy is freed
+        // only after its new one exists.
+        let kv = 2 * 32 * 8 * 4096 * 128 * 4;
+        assert!(d.get(KvCache) >= kv, "{}", d.get(KvCache));
+        let e = super::super::estimate_layout(
+            &s,
+            DType::BF16,
+            Backend::Cuda,
+            w,
+            &layout,
+            CpuSimd::Portable,
+        );
+        assert_eq!(e.kv_cache_bytes_per_token, 2 * 32 * 8 * 128 * 4);
+        let embed = 128_256 * 4096 * 4;
+        assert!(
+            e.weights_bytes
+                > embed + GgmlType::Q4K.bytes(8_030_261_248 - 128_256 * 4096 - 65 * 4096)
+        );
+    }
+
+    /// A file's per-tensor types (llama.cpp's Q4_0 keeps the output in Q6K) change the
+    /// weights by exactly the difference of those tensors.
+    #[test]
+    fn a_mixed_layout_costs_what_its_tensors_cost() {
+        let s = spec("models/meta-llama-3-8b-instruct");
+        let pure = QuantLayout::pure(&s, GgmlType::Q4_0);
+        let mixed = QuantLayout {
+            output: Some(GgmlType::Q6K),
+            ..pure.clone()
+        };
+        let r = |l: &QuantLayout| {
+            Model::new(&s, l, Backend::Cpu, CpuSimd::Portable)
+                .resident()
+                .0
+        };
+        let out = 128_256 * 4096;
+        assert_eq!(
+            r(&mixed) - r(&pure),
+            GgmlType::Q6K.bytes(out) - GgmlType::Q4_0.bytes(out)
+        );
+        // Per-layer entries equal to the uniform one give the same answer.
+        let per_layer = QuantLayout {
+            layers: vec![pure.layers[0]; 32],
+            ..pure.clone()
+        };
+        let w = Workload {
+            batch: 1,
+            context: 512,
+            decode_steps: 4,
+        };
+        for b in [Backend::Cpu, Backend::Cuda] {
+            assert_eq!(
+                prefill(&s, &pure, b, CpuSimd::AvxVnni, w),
+                prefill(&s, &per_layer, b, CpuSimd::AvxVnni, w)
+            );
+            assert_eq!(
+                decode(&s, &pure, b, CpuSimd::AvxVnni, w),
+                decode(&s, &per_layer, b, CpuSimd::AvxVnni, w)
+            );
+        }
+    }
+}

@@ -54,6 +54,9 @@ pub struct BenchRequest {
     /// candle-chunked: most elements of one attention score block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_block: Option<u64>,
+    /// candle-quantized: the GGML type of the synthetic weights (q4_0, q4k, q8_0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<String>,
 }
 
 impl BenchRequest {
@@ -76,6 +79,7 @@ impl BenchRequest {
             prefill_chunk: self.prefill_chunk.or(defaults.prefill_chunk),
             kv_capacity: self.kv_capacity.or(defaults.kv_capacity),
             attention_block: self.attention_block.or(defaults.attention_block),
+            quant: self.quant.clone().or_else(|| defaults.quant.clone()),
         }
     }
 
@@ -127,6 +131,10 @@ impl BenchRequest {
             Some(d) => parse(Field::Device, d)?,
             None => defaults.device,
         };
+        let engine = match &self.engine {
+            Some(e) => parse(Field::Engine, e)?,
+            None => defaults.engine,
+        };
         let plan = BenchPlan {
             model: self.model.clone(),
             dtype: match &self.dtype {
@@ -136,14 +144,22 @@ impl BenchRequest {
             device,
             lora,
             grid: Grid {
-                batches: self.batch.clone().unwrap_or(defaults.grid.batches),
+                // candle's quantized Llama runs one sequence (BenchPlan::check says why).
+                batches: self.batch.clone().unwrap_or(
+                    if engine == crate::estimate::EngineProfile::CandleQuantized {
+                        vec![1]
+                    } else {
+                        defaults.grid.batches
+                    },
+                ),
                 contexts: self.context.clone().unwrap_or(defaults.grid.contexts),
                 decode_steps: self.decode_steps.unwrap_or(defaults.grid.decode_steps),
             },
             weights: WeightsChoice::default_for(&ModelRef::of(self.model.as_deref())),
-            engine: match &self.engine {
-                Some(e) => parse(Field::Engine, e)?,
-                None => defaults.engine,
+            engine,
+            quant: match &self.quant {
+                Some(q) => Some(parse(Field::Quant, q)?),
+                None => None,
             },
             over_memory: crate::plan::OverMemory::default_for(device),
             prefill_chunk: self.prefill_chunk,
@@ -587,10 +603,48 @@ mod tests {
                 },
                 "kv_capacity",
             ),
+            (
+                BenchRequest {
+                    quant: Some("q4k".into()),
+                    ..Default::default()
+                },
+                "quant",
+            ),
+            (
+                BenchRequest {
+                    engine: Some("candle-quantized".into()),
+                    quant: Some("q5".into()),
+                    ..Default::default()
+                },
+                "quant",
+            ),
+            (
+                BenchRequest {
+                    engine: Some("candle-quantized".into()),
+                    batch: Some(vec![1, 2]),
+                    ..Default::default()
+                },
+                "batch",
+            ),
         ] {
             let e = bad.plan().expect_err("invalid").api_message();
             assert!(e.starts_with(&format!("{field}: ")), "{e}");
         }
+        // The quantized engine: one sequence unless told, its GGML type carried to the
+        // command line the daemon runs.
+        let q = BenchRequest {
+            engine: Some("candle-quantized".into()),
+            quant: Some("q8_0".into()),
+            ..Default::default()
+        }
+        .plan()
+        .expect("valid");
+        assert_eq!(q.grid.batches, [1]);
+        assert!(
+            q.to_args().contains(&"--quant=q8_0".to_string()),
+            "{:?}",
+            q.to_args()
+        );
         let d = BenchRequest {
             dtype: Some("bf16".into()),
             batch: Some(vec![4]),

@@ -11,6 +11,7 @@ mod html;
 mod hub;
 mod image;
 mod layering;
+mod quantized;
 mod reliability;
 mod report;
 mod serve;
