@@ -16,7 +16,12 @@
 #      fine-tune (candle-nn AdamW) and LoRA r16 on q,v; an out-of-memory phase is a result
 #   4. scripts/torch_reference.py on the same grid (eager and sdpa attention)
 #
-# ONLY_TRAIN=1 runs steps 1 and 3c only (the inference grid is in reports/gpu/ already).
+#   3d. Llama-3-8B quantized (candle-quantized, synthetic weights quantized on the host by
+#      candle): q4k and q8_0, batch 1, contexts up to 4088, as if the card had 16 GiB and
+#      24 GiB (--memory-limit), with the out-of-memory boundary: the seed's 16 GB question
+#
+# ONLY_TRAIN=1 runs steps 1 and 3c only (the inference grid is in reports/gpu/ already);
+# ONLY_QUANT=1 runs steps 1 and 3d only.
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -76,6 +81,24 @@ train() {
   pack
 }
 if [ -n "${ONLY_TRAIN:-}" ]; then train; say "done (training only): $out/results.tar.gz"; exit 0; fi
+
+quantized() {
+  # 3d. candle-quantized: the boundary within 16 GiB and 24 GiB, per GGML type.
+  for q in ${QUANTS:-q4k q8_0}; do
+    for limit in ${QUANT_LIMITS:-16GiB 24GiB}; do
+      say "Llama-3-8B $q within $limit"
+      VRAMPROBE_LOG=info timeout "${QUANT_TIMEOUT:-120}" "$bin" bench --device cuda \
+        --model models/meta-llama-3-8b-instruct --weights synthetic \
+        --engine candle-quantized --quant "$q" --memory-limit "$limit" \
+        --context "${QUANT_CONTEXTS:-512,1024,2048,4088}" --find-boundary --boundary-step 256 \
+        --over-memory run --out "$work/llama3-8b-$q-$limit" \
+        >"$work/llama3-8b-$q-$limit.txt" 2>>"$log"
+      say "$q $limit: rc $?"; tail -n 3 "$work/llama3-8b-$q-$limit.txt" | tee -a "$log"
+      pack
+    done
+  done
+}
+if [ -n "${ONLY_QUANT:-}" ]; then quantized; say "done (quantized only): $out/results.tar.gz"; exit 0; fi
 
 # 2. Tiny model on CUDA (SKIP_TINY=1 skips it).
 if [ -z "${SKIP_TINY:-}" ]; then

@@ -73,7 +73,12 @@ impl Session<'_> {
         }
         let spec = &self.sweep.spec;
         let steps = self.sweep.plan.grid.decode_steps;
-        let positions = spec.max_position_embeddings.saturating_sub(steps.max(1));
+        let positions = self
+            .sweep
+            .plan
+            .engine
+            .positions(spec)
+            .saturating_sub(steps.max(1));
         let elements = if self.probes.backend == Backend::Cuda {
             self.sweep.cuda_limit_context(b).0
         } else {

@@ -130,7 +130,7 @@ fn print_json(a: &EstimateArgs, r: &Answer<'_>) -> anyhow::Result<()> {
         "kv_cache_bytes_per_token": e.kv_cache_bytes_per_token,
         "engine": e.engine.as_str(),
         "mode": "inference",
-        "quant": a.q.quant,
+        "quant": r.quant,
         "kv_dtype": a.q.kv_dtype,
         "device": e.backend.as_str(),
         "batch": w.batch,

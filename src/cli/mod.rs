@@ -138,18 +138,12 @@ pub(crate) fn precision(
     }
 }
 
-/// The most positions `engine` can run for `spec`: candle-quantized's rotary tables stop at
-/// 4096, the others at the config's max_position_embeddings.
+/// The most positions `engine` can run for `spec` ([`crate::estimate::EngineProfile::positions`]).
 pub(crate) fn engine_positions(
     spec: &crate::spec::ModelSpec,
     engine: crate::estimate::EngineProfile,
 ) -> u64 {
-    if engine == crate::estimate::EngineProfile::CandleQuantized {
-        spec.max_position_embeddings
-            .min(crate::estimate::candle_quantized::MAX_POSITIONS)
-    } else {
-        spec.max_position_embeddings
-    }
+    engine.positions(spec)
 }
 
 /// What `engine` cannot run at all: candle-quantized trains nothing and has rotary tables

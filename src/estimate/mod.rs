@@ -79,6 +79,18 @@ impl EngineProfile {
         *self == EngineProfile::CandleEager
     }
 
+    /// The most positions this engine runs for `spec`: candle-quantized's rotary tables stop
+    /// at 4096 ([`candle_quantized::MAX_POSITIONS`]), the others at the config's
+    /// max_position_embeddings.
+    pub fn positions(self, spec: &ModelSpec) -> u64 {
+        match self {
+            EngineProfile::CandleQuantized => spec
+                .max_position_embeddings
+                .min(candle_quantized::MAX_POSITIONS),
+            _ => spec.max_position_embeddings,
+        }
+    }
+
     /// The names these engines had before they said whose engine they model; still accepted.
     pub const ALIASES: [(&'static str, EngineProfile); 2] = [
         ("hf-eager", EngineProfile::TransformersEager),

@@ -67,6 +67,7 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         "<h2>The rule of thumb against the measurement</h2>\n<p id=\"rule-of-thumb\">{}</p>",
         esc(&rule_sentence(r))
     );
+    quantized(&mut o, r);
     training(&mut o, r);
     figures(&mut o, plots);
     points(&mut o, r);
@@ -79,6 +80,39 @@ pub fn html(r: &Report, plots: &[Plot]) -> String {
         r.schema_version
     );
     o
+}
+
+/// candle-quantized runs: the seed's 16 GB claim and the Llama-3-8B fits.
+fn quantized(o: &mut String, r: &Report) {
+    let Some(q) = &r.quantized else { return };
+    let _ = writeln!(
+        o,
+        "<h2>A 16 GB card: the seed's claim</h2>\n<p id=\"quantized-claim\">The seed: \
+         &ldquo;{}&rdquo; {}</p>",
+        esc(&q.seed_claim),
+        esc(&q.verdict)
+    );
+    let _ = writeln!(
+        o,
+        "<table id=\"llama3-16gb\">\n<thead><tr><th>Llama-3-8B, batch 1 x {}</th><th>GPU</th>\
+         <th class=\"n\">usable</th><th class=\"n\">needs</th><th>fits</th>\
+         <th class=\"n\">max context</th></tr></thead>\n<tbody>",
+        q.context
+    );
+    for f in &q.rows {
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td>{}</td><td class=\"n\">{}</td></tr>",
+            esc(&f.weights),
+            esc(&f.gpu),
+            bytes(f.usable_bytes),
+            bytes(f.needed_bytes),
+            if f.fits { "yes" } else { "no" },
+            f.max_context.map_or("-".to_string(), |c| c.to_string())
+        );
+    }
+    let _ = writeln!(o, "</tbody></table>");
 }
 
 /// Training runs: the seed's claim and the Llama-3-8B estimates.

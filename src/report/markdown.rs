@@ -13,6 +13,34 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "**{}**\n", r.headline);
     let _ = writeln!(out, "## The rule of thumb against the measurement\n");
     let _ = writeln!(out, "{}\n", rule_sentence(r));
+    if let Some(q) = &r.quantized {
+        let _ = writeln!(out, "## A 16 GB card: the seed's claim\n");
+        let _ = writeln!(out, "The seed: \"{}\"\n", q.seed_claim);
+        let _ = writeln!(out, "{}\n", q.verdict);
+        let _ = writeln!(
+            out,
+            "| Llama-3-8B, batch 1 x {} | GPU | usable | needs | fits | max context |",
+            q.context
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---|---:|");
+        for f in &q.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                f.weights,
+                f.gpu,
+                bytes(f.usable_bytes),
+                bytes(f.needed_bytes),
+                if f.fits { "yes" } else { "no" },
+                f.max_context.map_or("-".to_string(), |c| c.to_string())
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nEstimated (`vramprobe fit --engine candle-quantized`); this run measured the \
+             engine's estimate on its own model, above.\n"
+        );
+    }
     if let Some(t) = &r.training {
         let _ = writeln!(out, "## Training: the seed's claim\n");
         let _ = writeln!(out, "The seed: \"{}\"\n", t.seed_claim);

@@ -29,7 +29,128 @@ pub struct Report {
     /// Training runs: the seed's training claim beside the measured and estimated figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingClaim>,
+    /// candle-quantized runs: the seed's claim that a 16 GB card needs quantization for
+    /// Llama-3-8B, beside the estimates for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<QuantizedClaim>,
     pub points: Vec<PointRecord>,
+}
+
+/// "A 16 GB card needs quantization for Llama-3-8B", against vramprobe's fit of Llama-3-8B on
+/// the catalogue's 16 GB cards at batch 1: BF16 (candle-chunked) and candle-quantized in
+/// q8_0 and q4k.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizedClaim {
+    pub seed_claim: String,
+    /// The context each row is fitted at.
+    pub context: u64,
+    pub rows: Vec<QuantizedFit>,
+    /// The claim against the figures, in one paragraph.
+    pub verdict: String,
+}
+
+/// One engine and type of Llama-3-8B on one GPU.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizedFit {
+    pub weights: String,
+    pub gpu: String,
+    pub usable_bytes: u64,
+    pub needed_bytes: u64,
+    pub fits: bool,
+    /// The largest context at batch 1 (the engine's limit for candle-quantized).
+    pub max_context: Option<u64>,
+}
+
+fn quantized_claim(run: &RunInfo) -> Option<QuantizedClaim> {
+    use crate::estimate::{candle_chunked::Knobs, fit, gpus, EngineProfile, Quant, Workload};
+    if run.engine != EngineProfile::CandleQuantized.as_str() {
+        return None;
+    }
+    let spec = crate::spec::ModelSpec::from_json_str(
+        LLAMA3_8B_CONFIG,
+        Path::new("models/meta-llama-3-8b-instruct/config.json"),
+    )
+    .ok()?;
+    let context = 1024;
+    let mut rows = Vec::new();
+    for (label, engine, quant) in [
+        (
+            "bf16 (candle-chunked)",
+            EngineProfile::CandleChunked,
+            Quant::None,
+        ),
+        (
+            "q8_0 (candle-quantized)",
+            EngineProfile::CandleQuantized,
+            Quant::Q8_0,
+        ),
+        (
+            "q4k (candle-quantized)",
+            EngineProfile::CandleQuantized,
+            Quant::Q4K,
+        ),
+    ] {
+        let q = fit::FitQuery {
+            spec: &spec,
+            dtype: crate::spec::DType::BF16,
+            engine,
+            workload: Workload {
+                batch: 1,
+                context,
+                decode_steps: crate::plan::DEFAULT_DECODE_STEPS,
+            },
+            overheads: crate::estimate::cuda::CudaOverheads::default(),
+            quant,
+            kv_dtype: None,
+            knobs: Knobs::default(),
+        };
+        for id in ["t4", "v100-16gb"] {
+            let g = gpus::find(id)?;
+            let f = fit::fit(&q, g);
+            rows.push(QuantizedFit {
+                weights: label.into(),
+                gpu: g.name.into(),
+                usable_bytes: f.usable_bytes,
+                needed_bytes: f.needed_bytes,
+                fits: f.fits,
+                max_context: f.max_context,
+            });
+        }
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let row = |w: &str, gpu: &str| {
+        rows.iter()
+            .find(|r| r.weights.starts_with(w) && r.gpu.contains(gpu))
+    };
+    let mut verdict = String::new();
+    if let (Some(b), Some(q)) = (row("bf16", "T4"), row("q4k", "T4")) {
+        verdict = format!(
+            "On a {} ({:.2} GiB usable) Llama-3-8B in BF16 needs {:.2} GiB at batch 1 x {context} \
+             tokens: {}. In q4k with candle-quantized it needs {:.2} GiB: {}{}. The claim {}.",
+            b.gpu,
+            gib(b.usable_bytes),
+            gib(b.needed_bytes),
+            if b.fits { "it fits" } else { "it does not fit" },
+            gib(q.needed_bytes),
+            if q.fits { "it fits" } else { "it does not fit" },
+            q.max_context
+                .map(|c| format!(", to {c} tokens (the engine's limit is 4096 positions)"))
+                .unwrap_or_default(),
+            if !b.fits && q.fits {
+                "holds"
+            } else {
+                "does not hold as stated"
+            }
+        );
+    }
+    Some(QuantizedClaim {
+        seed_claim: "A 16 GB card needs quantization for Llama-3-8B (its BF16 weights alone are \
+                     14.96 GiB)"
+            .into(),
+        context,
+        rows,
+        verdict,
+    })
 }
 
 /// The seed's claim, "full fine-tuning of Llama-3-8B in BF16 needs 64-80 GB, one 80 GB
@@ -256,10 +377,31 @@ pub fn build(dir: &Path) -> Result<Report, StoreError> {
         headline: headline(&run, &points),
         rule_of_thumb,
         training: training_claim(&run, &points),
+        quantized: quantized_claim(&run),
         run,
         boundaries,
         points,
     })
+}
+
+/// How the run held its numbers: the dtype, or for candle-quantized its GGML type (a GGUF
+/// file's own types when it loaded one).
+fn precision(run: &RunInfo) -> String {
+    if run.engine != crate::estimate::EngineProfile::CandleQuantized.as_str() {
+        return run.dtype.to_uppercase();
+    }
+    match run.settings.as_ref() {
+        Some(p) if p.weights != crate::plan::WeightsChoice::Synthetic => {
+            "the GGUF file's types (f32 activations)".into()
+        }
+        Some(p) => format!(
+            "{} (GGUF blocks, f32 activations)",
+            p.quant
+                .unwrap_or(crate::estimate::candle_quantized::GgmlType::Q4K)
+                .as_str()
+        ),
+        None => "GGUF blocks (f32 activations)".into(),
+    }
 }
 
 fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
@@ -274,11 +416,7 @@ fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
         None => "on the CPU (host memory)".to_string(),
     };
     if ok.is_empty() {
-        return format!(
-            "{} in {} {on}: no point fitted.",
-            run.model,
-            run.dtype.to_uppercase()
-        );
+        return format!("{} in {} {on}: no point fitted.", run.model, precision(run));
     }
     // Per batch, the largest context (grid or boundary search) at which both phases fitted.
     let mut per_batch: Vec<(u64, u64)> = Vec::new();
@@ -313,7 +451,7 @@ fn headline(run: &RunInfo, points: &[PointRecord]) -> String {
         "{} in {} {on}: {} up to {fits}; the estimate was within {:.2}% {what} at every point \
          that fitted.",
         run.model,
-        run.dtype.to_uppercase(),
+        precision(run),
         if all {
             "every grid point fitted,"
         } else {

@@ -55,6 +55,22 @@ fn each_quant_type_is_within_half_a_percent() {
         ));
         ok(&o);
         let points = assert_within(&out, 8);
+        // The report states the seed's 16 GB claim beside the run.
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains("## A 16 GB card: the seed's claim"), "{md}");
+        assert!(
+            md.contains(&format!("in {} (GGUF blocks", q.as_str())),
+            "{md}"
+        );
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let rows = report["quantized"]["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 6, "{report}");
+        for r in rows {
+            let bf16 = r["weights"].as_str().unwrap().starts_with("bf16");
+            assert_eq!(r["fits"], !bf16, "{r}");
+        }
         let repacks = match q {
             GgmlType::Q4K => !matches!(simd, CpuSimd::Portable | CpuSimd::Unmodelled),
             GgmlType::Q8_0 => matches!(simd, CpuSimd::AvxVnni | CpuSimd::Avx512Vnni),
