@@ -442,7 +442,7 @@ pub enum Quant {
 impl Quant {
     /// The GGML type, for the GGML quantizations.
     pub const fn ggml(self) -> Option<candle_quantized::GgmlType> {
-        use candle_quantized::GgmlType;
+        use self::candle_quantized::GgmlType;
         match self {
             Quant::Q4_0 => Some(GgmlType::Q4_0),
             Quant::Q4K => Some(GgmlType::Q4K),

@@ -227,8 +227,10 @@ fn engines_differ_where_attention_does() {
     let o = vp("estimate --model models/meta-llama-3-8b-instruct --engine tgi");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o)
-            .contains("candle-eager, candle-chunked, transformers-eager, transformers-sdpa, vllm"),
+        stderr(&o).contains(
+            "candle-eager, candle-chunked, candle-quantized, transformers-eager, \
+                       transformers-sdpa, vllm"
+        ),
         "{}",
         stderr(&o)
     );
