@@ -443,14 +443,7 @@ impl<'a> Model<'a> {
         let out_bytes = m * n * 4;
         if !t.is_quantized() {
             // A dequantized weight: an f32 matmul (gemm on the CPU).
-            let transient = if self.cpu.is_some() {
-                GEMM_CALL_BYTES
-            } else {
-                0
-            };
-            r.alloc(MatmulWorkspace, transient);
-            r.alloc(out, out_bytes);
-            r.free(MatmulWorkspace, transient);
+            self.matmul(r, out, out_bytes);
             return;
         }
         match self.cpu {
