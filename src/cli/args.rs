@@ -254,6 +254,10 @@ pub struct QueryArgs {
     /// GGML types q4_0, q4k, q8_0 (candle-quantized: every 2-D weight, q4k unless told).
     #[arg(long, default_value = "none")]
     pub quant: crate::estimate::Quant,
+    /// candle-quantized: a GGUF file whose weights' types (read from its header, checked
+    /// against config.json) replace --quant, as `bench --weights FILE.gguf` measures it.
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
     /// KV cache element type [default: the model dtype]: f32, f16, bf16, fp8.
     #[arg(long)]
     pub kv_dtype: Option<crate::estimate::KvDtype>,
@@ -270,6 +274,7 @@ impl QueryArgs {
         engine: EngineProfile,
         workload: crate::estimate::Workload,
         overheads: crate::estimate::cuda::CudaOverheads,
+        layout: Option<&'a crate::estimate::candle_quantized::QuantLayout>,
     ) -> crate::estimate::fit::FitQuery<'a> {
         crate::estimate::fit::FitQuery {
             spec,
@@ -280,7 +285,37 @@ impl QueryArgs {
             quant: self.quant_for(engine).unwrap_or(self.quant),
             kv_dtype: self.kv_dtype,
             knobs: self.chunked.knobs(),
+            layout,
         }
+    }
+
+    /// `--gguf`: the file's GGML type of every weight, for candle-quantized.
+    ///
+    /// # Errors
+    /// [`BadInput`] for `--gguf` with another engine or beside `--quant`, and for a file
+    /// that is not a llama GGUF matching the config (naming the file and the tensor).
+    pub fn gguf_layout(
+        &self,
+        spec: &crate::spec::ModelSpec,
+        engine: EngineProfile,
+    ) -> Result<Option<crate::estimate::candle_quantized::QuantLayout>, BadInput> {
+        let Some(path) = &self.gguf else {
+            return Ok(None);
+        };
+        if engine != EngineProfile::CandleQuantized {
+            return Err(BadInput(format!(
+                "--gguf is for --engine candle-quantized (not {})",
+                engine.as_str()
+            )));
+        }
+        if self.quant != crate::estimate::Quant::None {
+            return Err(BadInput(
+                "--gguf and --quant: a GGUF file's weights have the types it holds".into(),
+            ));
+        }
+        crate::runner::quantized::gguf_layout(spec, path)
+            .map(Some)
+            .map_err(|e| BadInput(e.to_string()))
     }
 
     /// The quantization `engine` runs with: for candle-quantized a GGML type (q4k unless

@@ -75,16 +75,20 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         // What candle's quantized kernels repack depends on this CPU.
         knobs.cpu_simd = crate::runner::quantized::cpu_simd();
     }
-    let e = estimate::estimate_quantized(
-        &spec,
-        dtype,
-        engine,
-        backend,
-        w,
-        quant,
-        a.q.kv_dtype,
-        &knobs,
-    );
+    let layout = a.q.gguf_layout(&spec, engine)?;
+    let e = match &layout {
+        Some(l) => estimate::estimate_layout(&spec, dtype, backend, w, l, knobs.cpu_simd),
+        None => estimate::estimate_quantized(
+            &spec,
+            dtype,
+            engine,
+            backend,
+            w,
+            quant,
+            a.q.kv_dtype,
+            &knobs,
+        ),
+    };
     let (overheads, overheads_source) = load_overheads(a.q.calibration.as_deref())?;
     let process = (backend == Backend::Cuda).then(|| {
         (
@@ -94,7 +98,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
     });
     let fits = if a.fit {
         Some(fit_results(
-            &a.q.fit_query(&spec, dtype, engine, w, overheads),
+            &a.q.fit_query(&spec, dtype, engine, w, overheads, layout.as_ref()),
             a.gpu.as_deref(),
         )?)
     } else {

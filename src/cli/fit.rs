@@ -82,7 +82,9 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
     let w: Workload = grid.workloads(&spec)?[0];
     super::check_engine_workload(engine, w, a.q.train.mode)?;
     let (overheads, source) = load_overheads(a.q.calibration.as_deref())?;
-    let q = a.q.fit_query(&spec, dtype, engine, w, overheads);
+    let layout = a.q.gguf_layout(&spec, engine)?;
+    let q =
+        a.q.fit_query(&spec, dtype, engine, w, overheads, layout.as_ref());
     if a.q.train.mode == Mode::Train {
         // A training step has no decode steps: the context is the whole sequence.
         let q = FitQuery {

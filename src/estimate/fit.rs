@@ -30,6 +30,8 @@ pub struct FitQuery<'a> {
     pub kv_dtype: Option<KvDtype>,
     /// The chunked engine's settings (the others ignore them).
     pub knobs: super::candle_chunked::Knobs,
+    /// candle-quantized: a GGUF file's type of every weight (None: `quant` for all).
+    pub layout: Option<&'a super::candle_quantized::QuantLayout>,
 }
 
 /// The answer for one GPU.
@@ -85,6 +87,9 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 fn estimate_of(q: &FitQuery<'_>, w: Workload) -> Estimate {
+    if let (EngineProfile::CandleQuantized, Some(layout)) = (q.engine, q.layout) {
+        return super::estimate_layout(q.spec, q.dtype, Backend::Cuda, w, layout, q.knobs.cpu_simd);
+    }
     estimate_quantized(
         q.spec,
         q.dtype,
@@ -307,6 +312,7 @@ mod tests {
             quant: Quant::None,
             kv_dtype: None,
             knobs: Default::default(),
+            layout: None,
         }
     }
 

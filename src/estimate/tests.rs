@@ -365,6 +365,7 @@ fn workloads_beyond_64_bits_are_refused() {
         quant: Quant::None,
         kv_dtype: None,
         knobs: Default::default(),
+        layout: None,
     };
     assert_eq!(super::fit::process_peak(&q, q.workload), u64::MAX);
 }

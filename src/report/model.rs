@@ -103,6 +103,7 @@ fn quantized_claim(run: &RunInfo) -> Option<QuantizedClaim> {
             quant,
             kv_dtype: None,
             knobs: Knobs::default(),
+            layout: None,
         };
         for id in ["t4", "v100-16gb"] {
             let g = gpus::find(id)?;

@@ -106,7 +106,36 @@ fn a_gguf_file_is_measured_with_its_own_types() {
         path_str(&file)
     ));
     ok(&o);
-    assert_within(&out, 4);
+    let points = assert_within(&out, 4);
+    // `estimate --gguf` reads the same file's types and answers what bench estimated.
+    let e = vp(&format!(
+        "estimate --model models/vramprobe-tiny-llama --engine candle-quantized --gguf {} \
+         --device cpu --context 128 --decode-steps 2 --json",
+        path_str(&file)
+    ));
+    ok(&e);
+    let v: Value = serde_json::from_str(&stdout(&e)).unwrap();
+    let bench_prefill = points
+        .iter()
+        .find(|p| p["phase"] == "prefill" && p["context"] == 128)
+        .unwrap();
+    assert_eq!(
+        v["phases"]["prefill"]["total_bytes"], bench_prefill["estimated_bytes"],
+        "{v}"
+    );
+    for args in [
+        format!("estimate --model models/vramprobe-tiny-llama --gguf {}", path_str(&file)),
+        format!(
+            "estimate --model models/vramprobe-tiny-llama --engine candle-quantized --quant q4k \
+             --gguf {}",
+            path_str(&file)
+        ),
+        "fit --model models/meta-llama-3-8b-instruct --engine candle-quantized --gguf /nonexistent.gguf".to_string(),
+    ] {
+        let o = vp(&args);
+        assert_eq!(o.status.code(), Some(2), "{args}: {}", stderr(&o));
+        assert!(stderr(&o).contains("gguf"), "{args}: {}", stderr(&o));
+    }
     let (_d, _out, o) = bench_run(&format!(
         "--engine candle-quantized --quant q4k --weights {} --context 128",
         path_str(&file)
