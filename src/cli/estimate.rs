@@ -56,7 +56,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         decode_steps: a.q.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
-    super::check_engine_workload(engine, w, a.q.train.mode)?;
+    super::check_engine_workload(&spec, engine, a.q.quant_for(engine)?, w, a.q.train.mode)?;
     if a.q.train.mode == Mode::Train {
         // A training step has no decode steps: the context is the whole sequence.
         let w = Workload {

@@ -80,7 +80,7 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
         decode_steps: a.q.decode_steps,
     };
     let w: Workload = grid.workloads(&spec)?[0];
-    super::check_engine_workload(engine, w, a.q.train.mode)?;
+    super::check_engine_workload(&spec, engine, a.q.quant_for(engine)?, w, a.q.train.mode)?;
     let (overheads, source) = load_overheads(a.q.calibration.as_deref())?;
     let layout = a.q.gguf_layout(&spec, engine)?;
     let q =

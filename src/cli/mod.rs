@@ -146,19 +146,26 @@ pub(crate) fn engine_positions(
     engine.positions(spec)
 }
 
-/// What `engine` cannot run at all: candle-quantized trains nothing and has rotary tables
-/// for 4096 positions.
+/// What `engine` cannot run at all: candle-quantized runs Llama-shaped GGUF models only
+/// (no biases, q/k norms or fused projections; rows its blocks divide), trains nothing and
+/// has rotary tables for 4096 positions.
 ///
 /// # Errors
-/// [`BadInput`] naming the flag.
+/// [`BadInput`] naming the flag or the config's field.
 pub(crate) fn check_engine_workload(
+    spec: &crate::spec::ModelSpec,
     engine: crate::estimate::EngineProfile,
+    quant: crate::estimate::Quant,
     w: crate::estimate::Workload,
     mode: crate::plan::Mode,
 ) -> Result<(), BadInput> {
     if engine != crate::estimate::EngineProfile::CandleQuantized {
         return Ok(());
     }
+    let t = quant
+        .ggml()
+        .unwrap_or(crate::estimate::candle_quantized::GgmlType::Q4K);
+    crate::runner::quantized::check(spec, t).map_err(|e| BadInput(e.to_string()))?;
     if mode == crate::plan::Mode::Train {
         return Err(BadInput(
             "--mode train: candle-quantized runs inference only (its weights are frozen GGUF \

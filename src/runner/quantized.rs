@@ -119,14 +119,14 @@ pub fn check(spec: &ModelSpec, quant: GgmlType) -> Result<(), RunError> {
     if spec.fused_projections || spec.qk_norm || spec.qkv_bias || spec.o_bias || spec.mlp_bias {
         return Err(unsupported(format!(
             "model_type \"{}\" (fused projections, q/k norms or biases) cannot be run by \
-             candle-transformers' quantized_llama (it can still be estimated)",
+             candle-transformers' quantized_llama (the other engines can still estimate it)",
             spec.model_type
         )));
     }
     if spec.head_dim * spec.num_heads != spec.hidden_size {
         return Err(unsupported(format!(
             "head_dim {} x num_attention_heads {} != hidden_size {}: quantized_llama derives \
-             head_dim from the embedding length (it can still be estimated)",
+             head_dim from the embedding length (the other engines can still estimate it)",
             spec.head_dim, spec.num_heads, spec.hidden_size
         )));
     }

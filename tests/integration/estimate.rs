@@ -427,5 +427,28 @@ fn qwen_configs_are_estimated_and_refused_by_bench_with_the_reason() {
             );
             assert!(stderr(&o).contains("it can still be estimated"));
         }
+        // candle's quantized Llama has no code for them either: estimate and bench refuse.
+        for cmd in ["estimate", "bench"] {
+            let out = dir.path().join(format!("run-{model_type}-quantized"));
+            let o = vp(&format!(
+                "{cmd} --model {c} --context 128 --engine candle-quantized --quant q4_0 {}",
+                if cmd == "bench" {
+                    format!("--out {}", path_str(&out))
+                } else {
+                    String::new()
+                }
+            ));
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "{model_type} {cmd}: {}",
+                stderr(&o)
+            );
+            assert!(
+                stderr(&o).contains("cannot be run by candle-transformers' quantized_llama"),
+                "{model_type} {cmd}: {}",
+                stderr(&o)
+            );
+        }
     }
 }
