@@ -1,6 +1,7 @@
 //! How fast the estimator answers: one estimate (target < 1 us) and a full fit table, every
 //! GPU of the catalogue x 6 batch sizes x 8 contexts (target < 10 ms); the chunked engine's
-//! replay of Llama-3.1-8B at 131,064 tokens (64 chunks; target < 1 ms).
+//! replay of Llama-3.1-8B at 131,064 tokens (64 chunks; target < 1 ms); the quantized
+//! engine's replay of Llama-3-8B (every layer replayed; target < 1 ms).
 //!
 //!   cargo bench --bench estimate
 
@@ -40,6 +41,7 @@ fn benches(c: &mut Criterion) {
         quant: Quant::None,
         kv_dtype: None,
         knobs: Default::default(),
+        layout: None,
     };
     let batches = [1u64, 2, 4, 8, 16, 32];
     let contexts = [128u64, 256, 512, 1024, 2048, 4096, 6144, 8184];
@@ -59,6 +61,23 @@ fn benches(c: &mut Criterion) {
                     EngineProfile::CandleChunked,
                     Backend::Cuda,
                     black_box(w_long),
+                )
+            })
+        },
+    );
+    c.bench_function(
+        "one estimate, candle-quantized q4k (Llama-3-8B, batch 1 x 4088)",
+        |b| {
+            b.iter(|| {
+                vramprobe::estimate::estimate_quantized(
+                    black_box(&spec),
+                    DType::BF16,
+                    EngineProfile::CandleQuantized,
+                    Backend::Cuda,
+                    black_box(Workload { context: 4088, ..w }),
+                    Quant::Q4K,
+                    None,
+                    &Default::default(),
                 )
             })
         },
