@@ -87,7 +87,7 @@ quantized() {
   for q in ${QUANTS:-q4k q8_0}; do
     for limit in ${QUANT_LIMITS:-16GiB 24GiB}; do
       say "Llama-3-8B $q within $limit"
-      VRAMPROBE_LOG=info timeout "${QUANT_TIMEOUT:-120}" "$bin" bench --device cuda \
+      VRAMPROBE_LOG=info timeout "${QUANT_TIMEOUT:-240}" "$bin" bench --device cuda \
         --model models/meta-llama-3-8b-instruct --weights synthetic \
         --engine candle-quantized --quant "$q" --memory-limit "$limit" \
         --context "${QUANT_CONTEXTS:-512,1024,2048,4088}" --find-boundary --boundary-step 256 \

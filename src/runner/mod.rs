@@ -12,7 +12,7 @@ pub mod train;
 mod weights;
 
 pub use weights::{candle_config, check_chunked};
-pub(crate) use weights::{candle_dtype, local_tensors, synthetic_tensor};
+pub(crate) use weights::{candle_dtype, local_tensors, synthetic_tensor, SplitMix};
 
 use crate::estimate::candle_chunked::Knobs;
 use crate::estimate::{EngineProfile, Workload};

@@ -117,7 +117,7 @@ pub fn candle_config(spec: &ModelSpec) -> Result<Config, RunError> {
 }
 
 /// SplitMix64: a tiny, seedable generator, so synthetic weights are the same on every run.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
     fn next(&mut self) -> u64 {
@@ -129,7 +129,7 @@ impl SplitMix {
     }
 
     /// Uniform in [-a, a).
-    fn uniform(&mut self, a: f32) -> f32 {
+    pub(crate) fn uniform(&mut self, a: f32) -> f32 {
         let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
         (2.0 * u - 1.0) * a
     }
