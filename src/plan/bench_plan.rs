@@ -243,6 +243,14 @@ impl BenchPlan {
             }
         }
         if self.engine == EngineProfile::CandleQuantized {
+            if self.dtype != DType::F32 {
+                return Err(PlanError::invalid(
+                    Field::Dtype,
+                    self.dtype,
+                    "candle-quantized computes in f32 whatever the weights (QMatMul's output, \
+                     the KV cache); its weights' type is --quant",
+                ));
+            }
             if self.mode == Mode::Train {
                 return Err(PlanError::Needs {
                     field: Field::Engine,

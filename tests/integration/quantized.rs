@@ -184,6 +184,10 @@ fn the_engines_limits_exit_2_naming_the_flag() {
             "--engine needs --mode inference",
         ),
         ("--engine candle-quantized --quant q6k", "q4_0, q4k or q8_0"),
+        (
+            "--engine candle-quantized --dtype bf16",
+            "candle-quantized computes in f32",
+        ),
     ] {
         let (_dir, _out, o) = bench_run(args);
         assert_eq!(o.status.code(), Some(2), "{args}: {}", stderr(&o));
