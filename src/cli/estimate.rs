@@ -46,7 +46,8 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         .into());
     }
     let context = a.context.unwrap_or_else(|| {
-        super::engine_positions(&spec, engine)
+        engine
+            .positions(&spec)
             .saturating_sub(a.q.decode_steps)
             .max(2)
     });

@@ -70,7 +70,8 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
         return Err(BadInput("--concurrency is for --engine vllm's plan".into()).into());
     }
     a.q.quant_for(engine)?;
-    let limit = super::engine_positions(&spec, engine)
+    let limit = engine
+        .positions(&spec)
         .saturating_sub(a.q.decode_steps)
         .max(2);
     let context = a.context.unwrap_or(4096.min(limit));

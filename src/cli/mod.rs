@@ -138,14 +138,6 @@ pub(crate) fn precision(
     }
 }
 
-/// The most positions `engine` can run for `spec` ([`crate::estimate::EngineProfile::positions`]).
-pub(crate) fn engine_positions(
-    spec: &crate::spec::ModelSpec,
-    engine: crate::estimate::EngineProfile,
-) -> u64 {
-    engine.positions(spec)
-}
-
 /// What `engine` cannot run at all: candle-quantized runs Llama-shaped GGUF models only
 /// (no biases, q/k norms or fused projections; rows its blocks divide), trains nothing and
 /// has rotary tables for 4096 positions.
