@@ -151,7 +151,24 @@ pub(crate) fn check_engine_workload(
     w: crate::estimate::Workload,
     mode: crate::plan::Mode,
 ) -> Result<(), BadInput> {
-    if engine != crate::estimate::EngineProfile::CandleQuantized {
+    use crate::estimate::EngineProfile;
+    if let Some(what) = spec.not_llama() {
+        if mode == crate::plan::Mode::Train {
+            return Err(BadInput(format!(
+                "{what}: --mode train models the Llama family's training step only (estimate \
+                 inference with --engine transformers-sdpa or transformers-eager)"
+            )));
+        }
+        if engine.is_measured() {
+            return Err(BadInput(format!(
+                "{what}: the candle engines ({}) run candle-transformers' Llama, which has no \
+                 code for it; estimate it with --engine transformers-sdpa or \
+                 transformers-eager",
+                EngineProfile::MEASURED.map(EngineProfile::as_str).join(", ")
+            )));
+        }
+    }
+    if engine != EngineProfile::CandleQuantized {
         return Ok(());
     }
     let t = quant

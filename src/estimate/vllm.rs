@@ -357,6 +357,13 @@ fn kv_heads_per_rank(spec: &ModelSpec, tp: u64) -> u64 {
 /// [`KnobError`] with vLLM's reason.
 pub fn check_knobs(spec: &ModelSpec, k: &VllmKnobs) -> Result<(), KnobError> {
     let err = |m: String| Err(KnobError(m));
+    if let Some(what) = spec.not_llama() {
+        return err(format!(
+            "{what}: vramprobe's vLLM plan models dense Llama-family layers only (its fused-MoE \
+             workspaces and Gemma's layers are not modelled); estimate it with --engine \
+             transformers-sdpa or transformers-eager"
+        ));
+    }
     let u = k.gpu_memory_utilization;
     if !(u > 0.0 && u <= 1.0) {
         return err(format!("--gpu-memory-utilization {u}: must be in (0, 1]"));

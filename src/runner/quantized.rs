@@ -116,6 +116,11 @@ pub fn check(spec: &ModelSpec, quant: GgmlType) -> Result<(), RunError> {
         path: spec.source.clone(),
         reason,
     };
+    if let Some(what) = spec.not_llama() {
+        return Err(unsupported(format!(
+            "{what}, which candle-transformers' quantized_llama does not run"
+        )));
+    }
     if spec.fused_projections || spec.qk_norm || spec.qkv_bias || spec.o_bias || spec.mlp_bias {
         return Err(unsupported(format!(
             "model_type \"{}\" (fused projections, q/k norms or biases) cannot be run by \

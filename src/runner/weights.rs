@@ -23,6 +23,12 @@ pub(crate) fn candle_dtype(d: DType) -> candle_core::DType {
 /// # Errors
 /// [`RunError::Unsupported`] for biases.
 pub fn check_chunked(spec: &ModelSpec) -> Result<(), RunError> {
+    if let Some(what) = spec.not_llama() {
+        return Err(RunError::Unsupported {
+            path: spec.source.clone(),
+            reason: format!("{what}, which candle-chunked does not run (its Llama has no code for it)"),
+        });
+    }
     if spec.fused_projections {
         return Err(RunError::Unsupported {
             path: spec.source.clone(),
@@ -66,6 +72,11 @@ pub fn candle_config(spec: &ModelSpec) -> Result<Config, RunError> {
         path: spec.source.clone(),
         reason,
     };
+    if let Some(what) = spec.not_llama() {
+        return Err(unsupported(format!(
+            "{what}, which candle-transformers' llama does not run"
+        )));
+    }
     if spec.fused_projections {
         return Err(unsupported(format!(
             "model_type \"{}\" fuses its projections (qkv_proj, gate_up_proj), which \

@@ -13,10 +13,24 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// The `model_type` values whose architecture is understood: decoder-only Llama-shaped
-/// transformers (RMSNorm, rotary embeddings, gated SiLU MLP, grouped-query attention);
+/// transformers (RMSNorm, rotary embeddings, gated MLP, grouped-query attention);
 /// Qwen3 adds an RMSNorm over each head of q and k; Phi-3 fuses q, k, v into one projection
-/// and gate and up into another (the same parameters under other names).
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+/// and gate and up into another (the same parameters under other names); Gemma 2 and 3 add
+/// norms after the attention and around the MLP, scale the embeddings, tie the output layer
+/// and alternate sliding-window layers with global ones; Mixtral and the Qwen MoE models
+/// replace the MLP with routed experts ([`Moe`]).
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+];
 
 /// Errors from reading or resolving a `config.json`.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +101,88 @@ pub struct RawConfig {
     pub attention_bias: Option<bool>,
     pub mlp_bias: Option<bool>,
     pub rope_scaling: Option<serde_json::Value>,
+    /// Qwen2-MoE's bias switch for q, k, v (default true).
+    pub qkv_bias: Option<bool>,
+    /// `null` (no window) and absent (the architecture's default) differ.
+    #[serde(default, deserialize_with = "present")]
+    pub sliding_window: Option<Option<i64>>,
+    pub use_sliding_window: Option<bool>,
+    pub max_window_layers: Option<i64>,
+    pub sliding_window_pattern: Option<i64>,
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub final_logit_softcapping: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub attn_logit_softcapping: Option<Option<f64>>,
+    /// Mixtral's expert count.
+    pub num_local_experts: Option<i64>,
+    /// The Qwen MoE models' expert count.
+    pub num_experts: Option<i64>,
+    pub num_experts_per_tok: Option<i64>,
+    pub moe_intermediate_size: Option<i64>,
+    pub shared_expert_intermediate_size: Option<i64>,
+    pub decoder_sparse_step: Option<i64>,
+    pub mlp_only_layers: Option<Vec<i64>>,
+}
+
+/// A field that may be `null`: `Some(None)` when written as null, `None` when absent.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The routed experts that replace the MLP of a mixture-of-experts layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Moe {
+    /// Experts per MoE layer (`num_local_experts`, `num_experts`).
+    pub experts: u64,
+    /// Experts each token is routed to (`num_experts_per_tok`).
+    pub top_k: u64,
+    /// Each expert's gated MLP width (`moe_intermediate_size`; Mixtral's
+    /// `intermediate_size`).
+    pub expert_intermediate: u64,
+    /// The shared expert's width, run on every token beside the routed ones (Qwen2-MoE's
+    /// `shared_expert_intermediate_size`; 0: none), with a one-output sigmoid gate.
+    pub shared_intermediate: u64,
+    /// Tensor names: Mixtral's `block_sparse_moe.experts.N.w1/w2/w3` or the Qwen models'
+    /// `mlp.experts.N.gate_proj/up_proj/down_proj`.
+    pub naming: MoeNaming,
+    /// Per layer: whether its MLP is the experts (the Qwen models' `mlp_only_layers` and
+    /// `decoder_sparse_step` keep some layers dense, of `intermediate_size`).
+    pub sparse_layers: Vec<bool>,
+}
+
+/// How a checkpoint names its experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoeNaming {
+    Mixtral,
+    Qwen,
+}
+
+impl Moe {
+    /// Parameters of one routed expert.
+    pub fn expert_params(&self, hidden: u64) -> u64 {
+        3 * hidden * self.expert_intermediate
+    }
+
+    /// Parameters of one MoE layer's MLP: router, experts, shared expert and its gate.
+    pub fn layer_params(&self, hidden: u64) -> u64 {
+        let shared = if self.shared_intermediate > 0 {
+            3 * hidden * self.shared_intermediate + hidden
+        } else {
+            0
+        };
+        self.experts * hidden + self.experts * self.expert_params(hidden) + shared
+    }
+
+    /// The MoE layers.
+    pub fn sparse_layer_count(&self) -> u64 {
+        self.sparse_layers.iter().filter(|s| **s).count() as u64
+    }
 }
 
 /// A resolved Llama-family model: every size known, every choice explicit.
@@ -118,6 +214,20 @@ pub struct ModelSpec {
     pub qk_norm: bool,
     /// q, k, v in one `qkv_proj` and gate, up in one `gate_up_proj` (Phi-3).
     pub fused_projections: bool,
+    /// Norms after the attention and before and after the MLP, four per layer (Gemma 2
+    /// and 3), and the embeddings scaled by `sqrt(hidden_size)`.
+    pub sandwich_norms: bool,
+    /// `tanh` soft-capping of the attention scores (Gemma 2: 50).
+    pub attn_logit_softcapping: Option<f64>,
+    /// `tanh` soft-capping of the logits (Gemma 2: 30).
+    pub final_logit_softcapping: Option<f64>,
+    /// The window of the sliding-window layers, in tokens.
+    pub sliding_window: Option<u64>,
+    /// Per layer: whether it attends over the last `sliding_window` tokens only (as
+    /// transformers' `layer_types`); all false without a window.
+    pub sliding_layers: Vec<bool>,
+    /// Routed experts in place of the MLP (Mixtral, Qwen2-MoE, Qwen3-MoE).
+    pub moe: Option<Moe>,
     /// The dtype the checkpoint is published in (`torch_dtype`), if it says.
     pub torch_dtype: Option<DType>,
     /// `rope_scaling` as written; it changes values, never sizes.
@@ -253,6 +363,161 @@ impl Check<'_> {
         Ok((num_kv_heads, head_dim))
     }
 
+    /// The sliding window, as transformers resolves it: Mistral, Gemma 2 and Gemma 3
+    /// default to 4096 when the field is absent; the Qwen models have one only with
+    /// `use_sliding_window`; Llama has none whatever the file says.
+    fn sliding_window(&self, raw: &RawConfig, model_type: &str) -> Result<Option<u64>, SpecError> {
+        let default = match model_type {
+            "mistral" | "gemma2" | "gemma3_text" => Some(4096),
+            _ => None,
+        };
+        let v = match raw.sliding_window {
+            None => default,
+            Some(None) => None,
+            Some(Some(v)) => Some(self.positive("sliding_window", Some(v))?),
+        };
+        Ok(match model_type {
+            "llama" => None,
+            "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe" => {
+                v.filter(|_| raw.use_sliding_window.unwrap_or(false))
+            }
+            _ => v,
+        })
+    }
+
+    /// Which layers slide: `layer_types` when the file lists them, else transformers'
+    /// rule for the architecture (Gemma 2: every other layer from the first; Gemma 3: all
+    /// but every `sliding_window_pattern`-th; Qwen2/Qwen3: from `max_window_layers` on;
+    /// the others: every layer).
+    fn layer_types(
+        &self,
+        raw: &RawConfig,
+        model_type: &str,
+        layers: u64,
+        window: Option<u64>,
+    ) -> Result<Vec<bool>, SpecError> {
+        if window.is_none() {
+            return Ok(vec![false; layers as usize]);
+        }
+        if let Some(types) = &raw.layer_types {
+            if types.len() as u64 != layers {
+                return Err(self.invalid(
+                    "layer_types",
+                    format!("[{} entries]", types.len()),
+                    format!("must name one type per layer (num_hidden_layers = {layers})"),
+                ));
+            }
+            return types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => Err(self.invalid(
+                        "layer_types",
+                        format!("\"{other}\""),
+                        "each entry must be \"full_attention\" or \"sliding_attention\"".into(),
+                    )),
+                })
+                .collect();
+        }
+        let pattern = match raw.sliding_window_pattern {
+            None => 6,
+            v => self.positive("sliding_window_pattern", v)?,
+        };
+        let first_sliding = match raw.max_window_layers {
+            None => 28,
+            Some(v) if v < 0 => {
+                return Err(self.invalid(
+                    "max_window_layers",
+                    v.to_string(),
+                    "must not be negative".into(),
+                ))
+            }
+            Some(v) => v as u64,
+        };
+        Ok((0..layers)
+            .map(|i| match model_type {
+                "gemma2" => (i + 1) % 2 != 0,
+                "gemma3_text" => (i + 1) % pattern != 0,
+                "qwen2" | "qwen3" => i >= first_sliding,
+                _ => true,
+            })
+            .collect())
+    }
+
+    /// The experts of Mixtral and the Qwen MoE models, with transformers' defaults for
+    /// absent fields.
+    fn moe(
+        &self,
+        raw: &RawConfig,
+        model_type: &str,
+        layers: u64,
+        intermediate: u64,
+    ) -> Result<Option<Moe>, SpecError> {
+        let int = |field: &'static str, v: Option<i64>, default: u64| match v {
+            None => Ok(default),
+            v => self.positive(field, v),
+        };
+        let (experts, top_k, expert_intermediate, shared, naming) = match model_type {
+            "mixtral" => (
+                int("num_local_experts", raw.num_local_experts, 8)?,
+                int("num_experts_per_tok", raw.num_experts_per_tok, 2)?,
+                intermediate,
+                0,
+                MoeNaming::Mixtral,
+            ),
+            "qwen2_moe" => (
+                int("num_experts", raw.num_experts, 60)?,
+                int("num_experts_per_tok", raw.num_experts_per_tok, 4)?,
+                int("moe_intermediate_size", raw.moe_intermediate_size, 1408)?,
+                int(
+                    "shared_expert_intermediate_size",
+                    raw.shared_expert_intermediate_size,
+                    5632,
+                )?,
+                MoeNaming::Qwen,
+            ),
+            "qwen3_moe" => (
+                int("num_experts", raw.num_experts, 128)?,
+                int("num_experts_per_tok", raw.num_experts_per_tok, 8)?,
+                int("moe_intermediate_size", raw.moe_intermediate_size, 768)?,
+                0,
+                MoeNaming::Qwen,
+            ),
+            _ => return Ok(None),
+        };
+        if top_k > experts {
+            return Err(self.invalid(
+                "num_experts_per_tok",
+                top_k.to_string(),
+                format!("is more than the {experts} experts"),
+            ));
+        }
+        let step = int("decoder_sparse_step", raw.decoder_sparse_step, 1)?;
+        let dense: Vec<i64> = raw.mlp_only_layers.clone().unwrap_or_default();
+        if let Some(bad) = dense.iter().find(|&&l| l < 0 || l as u64 >= layers) {
+            return Err(self.invalid(
+                "mlp_only_layers",
+                bad.to_string(),
+                format!("is not a layer (0 to {})", layers - 1),
+            ));
+        }
+        let sparse_layers = (0..layers)
+            .map(|l| {
+                naming == MoeNaming::Mixtral
+                    || (!dense.contains(&(l as i64)) && (l + 1) % step == 0)
+            })
+            .collect();
+        Ok(Some(Moe {
+            experts,
+            top_k,
+            expert_intermediate,
+            shared_intermediate: shared,
+            naming,
+            sparse_layers,
+        }))
+    }
+
     /// `torch_dtype` (or, in newer configs, `dtype`), if given.
     fn dtype(&self, raw: &RawConfig) -> Result<Option<DType>, SpecError> {
         let (field, text) = match (&raw.torch_dtype, &raw.dtype) {
@@ -285,7 +550,7 @@ fn wrong_type_field(text: &str) -> Option<String> {
 /// model (Llama-3.1-405B: hidden 16384, 126 layers, 128 heads, vocab 128256, intermediate
 /// 53248), and small enough that parameter counts and byte sizes are exact in a u64 (the
 /// product of the largest hidden, intermediate and layer counts times 4 bytes is below 2^63).
-pub const MAX_FIELD: [(&str, u64); 8] = [
+pub const MAX_FIELD: [(&str, u64); 14] = [
     ("hidden_size", 1 << 18),
     ("intermediate_size", 1 << 20),
     ("num_hidden_layers", 1 << 14),
@@ -294,7 +559,18 @@ pub const MAX_FIELD: [(&str, u64); 8] = [
     ("head_dim", 1 << 12),
     ("vocab_size", 1 << 24),
     ("max_position_embeddings", 1 << 24),
+    ("sliding_window", 1 << 24),
+    ("num_local_experts", 1 << 12),
+    ("num_experts", 1 << 12),
+    ("num_experts_per_tok", 1 << 12),
+    ("moe_intermediate_size", 1 << 20),
+    ("shared_expert_intermediate_size", 1 << 20),
 ];
+
+/// The most parameters a spec may have: every byte count of a training step (weights,
+/// gradients and two moments in f32) stays exact in 64 bits. A dense model at every
+/// [`MAX_FIELD`] bound is below it; experts multiply the MLP, so MoE configs are checked.
+pub const MAX_PARAMS: u128 = 1 << 56;
 
 /// The bound of a size field ([`MAX_FIELD`]).
 fn max_of(field: &str) -> u64 {
@@ -358,21 +634,67 @@ impl ModelSpec {
         let max_position_embeddings =
             check.positive("max_position_embeddings", raw.max_position_embeddings)?;
         let (num_kv_heads, head_dim) = check.heads(&raw, hidden_size, num_heads)?;
-        // Qwen2 always has q/k/v biases and no o_proj bias; Llama and Mistral follow
-        // `attention_bias` (which in transformers' Llama covers o_proj too).
+        // Qwen2 always has q/k/v biases and no o_proj bias (Qwen2-MoE follows `qkv_bias`,
+        // default true); Llama, Mistral, Gemma and Qwen3(-MoE) follow `attention_bias`
+        // (which in transformers covers o_proj too); Mixtral has none.
         let (qkv_bias, o_bias) = match model_type.as_str() {
             "qwen2" => (true, false),
+            "qwen2_moe" => (raw.qkv_bias.unwrap_or(true), false),
+            "mixtral" => (false, false),
             _ => {
                 let b = raw.attention_bias.unwrap_or(false);
                 (b, b)
             }
         };
-        let qk_norm = model_type == "qwen3";
+        let gemma = matches!(model_type.as_str(), "gemma2" | "gemma3_text");
+        let qk_norm = matches!(model_type.as_str(), "qwen3" | "qwen3_moe" | "gemma3_text");
         let fused_projections = model_type == "phi3";
+        let sliding_window = check.sliding_window(&raw, &model_type)?;
+        let sliding_layers = check.layer_types(&raw, &model_type, num_layers, sliding_window)?;
+        let moe = check.moe(&raw, &model_type, num_layers, intermediate_size)?;
+        if let Some(m) = &moe {
+            // Experts multiply the MLP past what the field bounds keep exact: bound the
+            // whole count in 128 bits first.
+            let c = u128::from;
+            let (h, l) = (c(hidden_size), c(num_layers));
+            let attn = 2 * h * c(num_heads.max(num_kv_heads)) * c(head_dim) * 2 + 8 * h;
+            let per_expert = h + 3 * h * c(m.expert_intermediate);
+            let layer = attn
+                + c(m.experts) * per_expert
+                + 3 * h * (c(m.shared_intermediate) + c(intermediate_size))
+                + h;
+            let total = l * layer + 2 * c(vocab_size) * h + h;
+            if total >= MAX_PARAMS {
+                let field = match m.naming {
+                    MoeNaming::Mixtral => "num_local_experts",
+                    MoeNaming::Qwen => "num_experts",
+                };
+                return Err(check.invalid(
+                    field,
+                    m.experts.to_string(),
+                    format!(
+                        "gives a model of about {total} parameters, beyond any vramprobe can \
+                         size (at most {MAX_PARAMS}; every byte count must stay exact in 64 bits)"
+                    ),
+                ));
+            }
+        }
+        let softcap = |field: &'static str, v: Option<Option<f64>>, default: Option<f64>| match v
+            .unwrap_or(default)
+        {
+            Some(c) if !(c.is_finite() && c > 0.0) => {
+                Err(check.invalid(field, c.to_string(), "must be a positive number".into()))
+            }
+            c => Ok(c),
+        };
+        // Gemma 2's class defaults are 50 and 30; Gemma 3's are none.
+        let (attn_cap, final_cap) = match model_type.as_str() {
+            "gemma2" => (Some(50.0), Some(30.0)),
+            _ => (None, None),
+        };
         Ok(ModelSpec {
             hub_repo: None,
             source: path.display().to_string(),
-            model_type,
             hidden_size,
             intermediate_size,
             num_layers,
@@ -383,20 +705,38 @@ impl ModelSpec {
             max_position_embeddings,
             rope_theta: check.finite_positive("rope_theta", raw.rope_theta, 10_000.0)?,
             rms_norm_eps: check.finite_positive("rms_norm_eps", raw.rms_norm_eps, 1e-6)?,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            // Gemma's configs tie unless told otherwise (transformers' class default).
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
             qkv_bias,
             o_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
             qk_norm,
             fused_projections,
+            sandwich_norms: gemma,
+            attn_logit_softcapping: softcap(
+                "attn_logit_softcapping",
+                raw.attn_logit_softcapping,
+                attn_cap,
+            )?,
+            final_logit_softcapping: softcap(
+                "final_logit_softcapping",
+                raw.final_logit_softcapping,
+                final_cap,
+            )?,
+            sliding_window,
+            sliding_layers,
+            moe,
             torch_dtype: check.dtype(&raw)?,
             rope_scaling: raw.rope_scaling,
+            model_type,
         })
     }
 
-    /// Every weight tensor of the checkpoint, with the names Hugging Face's Llama uses.
+    /// Every weight tensor of the checkpoint, with the names its architecture's checkpoints
+    /// use (Hugging Face's Llama; Phi-3's fused projections; Gemma's four norms; Mixtral's
+    /// and the Qwen models' experts).
     pub fn tensors(&self) -> Vec<TensorSpec> {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (h, v) = (self.hidden_size, self.vocab_size);
         let q = self.num_heads * self.head_dim;
         let kv = self.num_kv_heads * self.head_dim;
         let mut out = vec![TensorSpec::new("model.embed_tokens.weight", &[v, h])];
@@ -428,22 +768,13 @@ impl ModelSpec {
                 push("self_attn.o_proj.bias", &[h]);
             }
             push("post_attention_layernorm.weight", &[h]);
-            let separate = [
-                ("gate_proj", [i, h]),
-                ("up_proj", [i, h]),
-                ("down_proj", [h, i]),
-            ];
-            let fused = [("gate_up_proj", [2 * i, h]), ("down_proj", [h, i])];
-            let mlp: &[(&str, [u64; 2])] = if self.fused_projections {
-                &fused
-            } else {
-                &separate
-            };
-            for &(name, shape) in mlp {
-                push(&format!("mlp.{name}.weight"), &shape);
-                if self.mlp_bias {
-                    push(&format!("mlp.{name}.bias"), &[shape[0]]);
-                }
+            if self.sandwich_norms {
+                push("pre_feedforward_layernorm.weight", &[h]);
+                push("post_feedforward_layernorm.weight", &[h]);
+            }
+            match self.moe.as_ref().filter(|m| m.sparse_layers[l as usize]) {
+                Some(m) => Self::expert_tensors(m, h, &mut push),
+                None => self.mlp_tensors("mlp", self.intermediate_size, &mut push),
             }
         }
         out.push(TensorSpec::new("model.norm.weight", &[h]));
@@ -453,34 +784,156 @@ impl ModelSpec {
         out
     }
 
-    /// Exact parameter count: the sum of every tensor's elements.
-    ///
-    /// Closed form: `V*h*(1 + untied) + h + L*(h*(q + 2kv) + q*h + 3*h*I + 2*h + biases)`
-    /// with `q = heads*head_dim` and `kv = kv_heads*head_dim`.
-    pub fn param_count(&self) -> u64 {
-        let (h, i, v, l) = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.vocab_size,
-            self.num_layers,
-        );
+    /// A gated MLP of width `i` under `prefix`.
+    fn mlp_tensors(&self, prefix: &str, i: u64, push: &mut impl FnMut(&str, &[u64])) {
+        let h = self.hidden_size;
+        let separate = [
+            ("gate_proj", [i, h]),
+            ("up_proj", [i, h]),
+            ("down_proj", [h, i]),
+        ];
+        let fused = [("gate_up_proj", [2 * i, h]), ("down_proj", [h, i])];
+        let mlp: &[(&str, [u64; 2])] = if self.fused_projections {
+            &fused
+        } else {
+            &separate
+        };
+        for &(name, shape) in mlp {
+            push(&format!("{prefix}.{name}.weight"), &shape);
+            if self.mlp_bias {
+                push(&format!("{prefix}.{name}.bias"), &[shape[0]]);
+            }
+        }
+    }
+
+    /// A MoE layer's router, experts and shared expert.
+    fn expert_tensors(m: &Moe, h: u64, push: &mut impl FnMut(&str, &[u64])) {
+        let i = m.expert_intermediate;
+        let (block, names) = match m.naming {
+            MoeNaming::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
+            MoeNaming::Qwen => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+        };
+        push(&format!("{block}.gate.weight"), &[m.experts, h]);
+        for e in 0..m.experts {
+            push(&format!("{block}.experts.{e}.{}.weight", names[0]), &[i, h]);
+            push(&format!("{block}.experts.{e}.{}.weight", names[1]), &[i, h]);
+            push(&format!("{block}.experts.{e}.{}.weight", names[2]), &[h, i]);
+        }
+        if m.shared_intermediate > 0 {
+            let s = m.shared_intermediate;
+            push(&format!("{block}.shared_expert.gate_proj.weight"), &[s, h]);
+            push(&format!("{block}.shared_expert.up_proj.weight"), &[s, h]);
+            push(&format!("{block}.shared_expert.down_proj.weight"), &[h, s]);
+            push(&format!("{block}.shared_expert_gate.weight"), &[1, h]);
+        }
+    }
+
+    /// Parameters of layer `l`'s MLP (its experts, router and shared expert in a MoE
+    /// layer).
+    pub fn mlp_params(&self, l: u64) -> u64 {
+        let h = self.hidden_size;
+        match self.moe.as_ref().filter(|m| m.sparse_layers[l as usize]) {
+            Some(m) => m.layer_params(h),
+            None => {
+                let i = self.intermediate_size;
+                3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 }
+            }
+        }
+    }
+
+    /// Parameters of one layer apart from its MLP: attention, its biases and norms.
+    pub fn attention_params(&self) -> u64 {
+        let h = self.hidden_size;
         let q = self.num_heads * self.head_dim;
         let kv = self.num_kv_heads * self.head_dim;
-        let mut per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h;
+        let mut n = h * (q + 2 * kv) + q * h + if self.sandwich_norms { 4 * h } else { 2 * h };
         if self.qkv_bias {
-            per_layer += q + 2 * kv;
+            n += q + 2 * kv;
         }
         if self.o_bias {
-            per_layer += h;
-        }
-        if self.mlp_bias {
-            per_layer += 2 * i + h;
+            n += h;
         }
         if self.qk_norm {
-            per_layer += 2 * self.head_dim;
+            n += 2 * self.head_dim;
         }
+        n
+    }
+
+    /// Exact parameter count: the sum of every tensor's elements.
+    ///
+    /// Closed form: `V*h*(1 + untied) + h + sum over layers of (attention + MLP)`: the
+    /// attention `h*(q + 2kv) + q*h` with `q = heads*head_dim`, `kv = kv_heads*head_dim`,
+    /// its biases and norms (2 per layer, Gemma 4; q/k norms `2*head_dim`); the MLP `3*h*I`
+    /// (biases `2I + h`), or in a MoE layer `E*h` (router) `+ E*3*h*I_e` (experts) `+
+    /// 3*h*I_s + h` (the shared expert and its gate).
+    pub fn param_count(&self) -> u64 {
+        let (h, v, l) = (self.hidden_size, self.vocab_size, self.num_layers);
         let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + head + h + l * per_layer
+        let dense_mlp = 3 * h * self.intermediate_size
+            + if self.mlp_bias {
+                2 * self.intermediate_size + h
+            } else {
+                0
+            };
+        let mlp = match &self.moe {
+            Some(m) => {
+                let sparse = m.sparse_layer_count();
+                sparse * m.layer_params(h) + (l - sparse) * dense_mlp
+            }
+            None => l * dense_mlp,
+        };
+        v * h + head + h + l * self.attention_params() + mlp
+    }
+
+    /// Parameters a token passes through: all of them in a dense model; in a MoE model
+    /// only its `top_k` routed experts of each MoE layer (the router and shared expert
+    /// always).
+    pub fn active_param_count(&self) -> u64 {
+        match &self.moe {
+            Some(m) => {
+                let idle = (m.experts - m.top_k) * m.expert_params(self.hidden_size);
+                self.param_count() - m.sparse_layer_count() * idle
+            }
+            None => self.param_count(),
+        }
+    }
+
+    /// Whether layer `l` attends over a sliding window.
+    pub fn is_sliding(&self, l: u64) -> bool {
+        self.sliding_layers
+            .get(l as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Layers that attend over a sliding window.
+    pub fn sliding_layer_count(&self) -> u64 {
+        self.sliding_layers.iter().filter(|s| **s).count() as u64
+    }
+
+    /// Whether candle-transformers' llama (and vramprobe's engines built on its shapes)
+    /// can run this model: the Llama family, no experts, no Gemma norms.
+    pub fn is_llama_shaped(&self) -> bool {
+        self.not_llama().is_none()
+    }
+
+    /// What in this model the Llama-shaped engines (the candle engines, the training
+    /// step) have no code for, if anything: routed experts, or Gemma's layer.
+    pub fn not_llama(&self) -> Option<String> {
+        if let Some(m) = &self.moe {
+            return Some(format!(
+                "model_type \"{}\" routes each token to {} of {} experts",
+                self.model_type, m.top_k, m.experts
+            ));
+        }
+        if self.sandwich_norms {
+            return Some(format!(
+                "model_type \"{}\" has Gemma's layer (four norms, scaled embeddings, \
+                 soft-capping)",
+                self.model_type
+            ));
+        }
+        None
     }
 
     /// The same model with `max_position_embeddings` replaced (candle's llama builds its

@@ -277,3 +277,188 @@ fn sizes_beyond_any_model_are_refused_by_field() {
     assert_eq!(u128::from(s.param_count()), exact);
     assert!(exact * 4 < 1 << 63);
 }
+
+/// Every config in models/ against transformers' own build of it
+/// (`scripts/transformers-count.py`, transformers 4.56.2 on PyTorch's meta device, written
+/// beside each config as `transformers-count.json`): the parameter count, every tensor's
+/// name and shape, the sliding window and which layers slide.
+#[test]
+fn every_shipped_config_matches_transformers_own_count() {
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir("models").unwrap() {
+        let dir = entry.unwrap().path();
+        let reference = dir.join("transformers-count.json");
+        if !dir.join("config.json").exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&reference).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run scripts/transformers-count.py)",
+                reference.display()
+            )
+        });
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let s = ModelSpec::from_path(&dir).unwrap();
+        let name = dir.display().to_string();
+        assert_eq!(s.param_count(), r["params"].as_u64().unwrap(), "{name}");
+        let mut ours: Vec<(String, Vec<u64>)> =
+            s.tensors().into_iter().map(|t| (t.name, t.shape)).collect();
+        let mut theirs: Vec<(String, Vec<u64>)> = r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let shape = t[1].as_array().unwrap().iter().map(|d| d.as_u64().unwrap());
+                (t[0].as_str().unwrap().to_string(), shape.collect())
+            })
+            .collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours.len(), theirs.len(), "{name}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a, b, "{name}");
+        }
+        assert_eq!(s.sliding_window, r["sliding_window"].as_u64(), "{name}");
+        let sliding: Vec<bool> = match r["layer_types"].as_array() {
+            Some(types) => types.iter().map(|t| t == "sliding_attention").collect(),
+            // No layer_types: transformers' cache slides every layer when there is a window.
+            None => vec![s.sliding_window.is_some(); s.num_layers as usize],
+        };
+        assert_eq!(s.sliding_layers, sliding, "{name}");
+        checked.push(s.model_type.clone());
+    }
+    for t in SUPPORTED_MODEL_TYPES {
+        assert!(checked.iter().any(|c| c == t), "no shipped config of {t}");
+    }
+}
+
+/// Active parameters: a token passes through top_k of each MoE layer's experts. Mixtral's
+/// 12.9B and Qwen's "A2.7B" / "A3B" (3.3B activated, their model cards).
+#[test]
+fn active_parameters_count_the_routed_experts_only() {
+    let m = ModelSpec::from_path(Path::new("models/mixtral-8x7b-instruct-v0.1")).unwrap();
+    // 46,702,792,704 less 32 layers x 6 idle experts x 3 x 4096 x 14336.
+    assert_eq!(m.active_param_count(), 12_879_925_248);
+    // 30,532,122,624 less 48 layers x 120 idle experts x 3 x 2048 x 768; the card's
+    // "3.3B activated" truncates 3.35.
+    let q = ModelSpec::from_path(Path::new("models/qwen3-30b-a3b")).unwrap();
+    assert_eq!(q.active_param_count(), 3_353_032_704);
+    let q = ModelSpec::from_path(Path::new("models/qwen1.5-moe-a2.7b")).unwrap();
+    assert_eq!(format!("{:.1}", q.active_param_count() as f64 / 1e9), "2.7");
+    let dense = ModelSpec::from_path(Path::new("models/qwen3-8b")).unwrap();
+    assert_eq!(dense.active_param_count(), dense.param_count());
+}
+
+#[test]
+fn dense_layers_of_a_moe_model_and_bad_moe_fields() {
+    let base = std::fs::read_to_string("models/qwen3-30b-a3b/config.json").unwrap();
+    let with = |k: &str, v: serde_json::Value| {
+        let mut j: serde_json::Value = serde_json::from_str(&base).unwrap();
+        j[k] = v;
+        ModelSpec::from_json_str(&j.to_string(), Path::new("c.json"))
+    };
+    let s = with("mlp_only_layers", serde_json::json!([0, 47])).unwrap();
+    let moe = s.moe.as_ref().unwrap();
+    assert_eq!(moe.sparse_layer_count(), 46);
+    let t = s.tensors();
+    assert!(t
+        .iter()
+        .any(|x| x.name == "model.layers.0.mlp.gate_proj.weight" && x.shape == [6144, 2048]));
+    assert!(!t
+        .iter()
+        .any(|x| x.name == "model.layers.0.mlp.experts.0.gate_proj.weight"));
+    let inventory: u64 = t.iter().map(TensorSpec::numel).sum();
+    assert_eq!(inventory, s.param_count());
+    let step = with("decoder_sparse_step", serde_json::json!(2)).unwrap();
+    assert_eq!(step.moe.unwrap().sparse_layer_count(), 24);
+    for (field, value, says) in [
+        (
+            "num_experts_per_tok",
+            serde_json::json!(200),
+            "more than the 128 experts",
+        ),
+        ("mlp_only_layers", serde_json::json!([48]), "is not a layer"),
+        ("num_experts", serde_json::json!(0), "positive"),
+        ("num_experts", serde_json::json!(4097), "at most"),
+    ] {
+        let e = with(field, value).expect_err(field).to_string();
+        assert!(
+            e.contains(&format!("field `{field}`")) && e.contains(says),
+            "{e}"
+        );
+    }
+    // Within every field's bound but too many parameters in all: refused, not wrapped.
+    let mut j: serde_json::Value = serde_json::from_str(&base).unwrap();
+    j["hidden_size"] = serde_json::json!(1 << 18);
+    j["moe_intermediate_size"] = serde_json::json!(1 << 20);
+    j["num_experts"] = serde_json::json!(1 << 12);
+    let e = ModelSpec::from_json_str(&j.to_string(), Path::new("c.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("field `num_experts`") && e.contains("parameters"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sliding_windows_follow_transformers_rules() {
+    let gemma = std::fs::read_to_string("models/gemma-2-9b-it/config.json").unwrap();
+    let with = |base: &str, k: &str, v: serde_json::Value| {
+        let mut j: serde_json::Value = serde_json::from_str(base).unwrap();
+        j[k] = v;
+        ModelSpec::from_json_str(&j.to_string(), Path::new("c.json"))
+    };
+    let s = with(&gemma, "sliding_window", serde_json::json!(1024)).unwrap();
+    assert_eq!(s.sliding_window, Some(1024));
+    assert_eq!(s.sliding_layer_count(), 21);
+    assert!(s.is_sliding(0) && !s.is_sliding(1));
+    // Absent: the class default (4096); null: no window.
+    let mut j: serde_json::Value = serde_json::from_str(&gemma).unwrap();
+    j.as_object_mut().unwrap().remove("sliding_window");
+    let s = ModelSpec::from_json_str(&j.to_string(), Path::new("c.json")).unwrap();
+    assert_eq!(s.sliding_window, Some(4096));
+    let s = with(&gemma, "sliding_window", serde_json::Value::Null).unwrap();
+    assert_eq!((s.sliding_window, s.sliding_layer_count()), (None, 0));
+    // Qwen's window counts only with use_sliding_window, from max_window_layers on.
+    let qwen = std::fs::read_to_string("models/qwen2.5-7b-instruct/config.json").unwrap();
+    assert_eq!(
+        with(&qwen, "rope_theta", 1e6.into())
+            .unwrap()
+            .sliding_window,
+        None
+    );
+    let mut j: serde_json::Value = serde_json::from_str(&qwen).unwrap();
+    j["use_sliding_window"] = true.into();
+    j["max_window_layers"] = 20.into();
+    let s = ModelSpec::from_json_str(&j.to_string(), Path::new("c.json")).unwrap();
+    assert_eq!(
+        (s.sliding_window, s.sliding_layer_count()),
+        (Some(131_072), 8)
+    );
+    // layer_types, when given, decides; it must name every layer with a known type.
+    let types: Vec<&str> = (0..42)
+        .map(|i| {
+            if i < 40 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    let s = with(&gemma, "layer_types", serde_json::json!(types)).unwrap();
+    assert_eq!(s.sliding_layer_count(), 40);
+    let e = with(&gemma, "layer_types", serde_json::json!(["full_attention"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("field `layer_types`") && e.contains("one type per layer"),
+        "{e}"
+    );
+    let mut bad = types.clone();
+    bad[3] = "chunked";
+    let e = with(&gemma, "layer_types", serde_json::json!(bad))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"chunked\""), "{e}");
+}
