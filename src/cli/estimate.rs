@@ -148,6 +148,16 @@ fn print_json(a: &EstimateArgs, r: &Answer<'_>) -> anyhow::Result<()> {
         "components": e.peak_phase().peak.to_map(),
         "phases": {"prefill": phase(&e.prefill), "decode": phase(&e.decode)},
         "assumed": r.assumed,
+        "active_params": spec.active_param_count(),
+        "sliding_window": spec.sliding_window,
+        "sliding_layers": spec.sliding_layer_count(),
+        "moe": spec.moe.as_ref().map(|m| json!({
+            "experts": m.experts,
+            "experts_per_token": m.top_k,
+            "expert_intermediate_size": m.expert_intermediate,
+            "shared_expert_intermediate_size": m.shared_intermediate,
+            "moe_layers": m.sparse_layer_count(),
+        })),
     });
     if let Some(fits) = &r.fits {
         v["fit"] = json!(fits);
@@ -169,6 +179,9 @@ fn print_table(r: &Answer<'_>) {
     let e = &r.e;
     print_assumed(&r.assumed);
     out!("{}", report::estimate_table(&r.spec.name(), e));
+    for line in architecture_lines(r.spec, e.engine) {
+        outln!("{line}");
+    }
     if let Some((p, d)) = &r.process {
         out!("{}", report::process_table(p, d, &r.overheads_source));
         if e.engine != EngineProfile::CandleEager {
@@ -199,6 +212,46 @@ fn print_table(r: &Answer<'_>) {
             )
         );
     }
+}
+
+/// What the architecture changes beyond the table: the experts and active parameters, the
+/// sliding window and whether this engine honours it.
+pub(super) fn architecture_lines(spec: &ModelSpec, engine: EngineProfile) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(m) = &spec.moe {
+        let shared = if m.shared_intermediate > 0 {
+            format!(" and a shared expert of {}", m.shared_intermediate)
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "experts          {} per MoE layer ({} of {} layers), {} per token, each of width {}{shared}; \
+             {} parameters active per token",
+            m.experts,
+            m.sparse_layer_count(),
+            spec.num_layers,
+            m.top_k,
+            m.expert_intermediate,
+            crate::report::units::grouped(spec.active_param_count()),
+        ));
+    }
+    if let Some(w) = spec.sliding_window {
+        let honoured = match engine {
+            EngineProfile::TransformersSdpa => {
+                "the preallocated cache holds at most the window in those layers"
+            }
+            EngineProfile::TransformersEager => {
+                "after the first decode step those layers keep the last window - 1 tokens"
+            }
+            _ => "this engine attends over every token (it has no window)",
+        };
+        lines.push(format!(
+            "sliding window   {w} tokens on {} of {} layers: {honoured}",
+            spec.sliding_layer_count(),
+            spec.num_layers
+        ));
+    }
+    lines
 }
 
 /// One simulated phase of candle's training step: name, bytes, bytes by part.

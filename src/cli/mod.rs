@@ -164,7 +164,9 @@ pub(crate) fn check_engine_workload(
                 "{what}: the candle engines ({}) run candle-transformers' Llama, which has no \
                  code for it; estimate it with --engine transformers-sdpa or \
                  transformers-eager",
-                EngineProfile::MEASURED.map(EngineProfile::as_str).join(", ")
+                EngineProfile::MEASURED
+                    .map(EngineProfile::as_str)
+                    .join(", ")
             )));
         }
     }

@@ -203,10 +203,14 @@ pub enum Component {
     /// candle's x86 copies of quantized weights in 16-row tiles, made on first use and kept
     /// beside the GGUF blocks (`candle-quantized` on the CPU).
     RepackedWeights,
+    /// A MoE layer's routing: router logits `tokens * experts`, their f32 softmax, the
+    /// top-k weights and indices, the int64 one-hot expert mask `tokens * top_k * experts`
+    /// and the busiest expert's token indices.
+    ExpertRouting,
 }
 
 impl Component {
-    pub const ALL: [Component; 14] = [
+    pub const ALL: [Component; 15] = [
         Component::Weights,
         Component::RopeTables,
         Component::KvCache,
@@ -221,6 +225,7 @@ impl Component {
         Component::Logits,
         Component::MatmulWorkspace,
         Component::RepackedWeights,
+        Component::ExpertRouting,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -239,6 +244,7 @@ impl Component {
             Component::Logits => "logits",
             Component::MatmulWorkspace => "matmul_workspace",
             Component::RepackedWeights => "repacked_weights",
+            Component::ExpertRouting => "expert_routing",
         }
     }
 }
@@ -412,7 +418,13 @@ pub fn sizable(spec: &ModelSpec, w: Workload) -> bool {
     let rows = b * s;
     let per_layer = rows * (20 * h + 6 * i + 6 * heads * hd) * 4 + 2 * b * heads * s * s * 4;
     let logits = 2 * rows * v * 4;
-    let total = weights + kv + scores + l * per_layer + logits;
+    // One MoE layer's routing and busiest expert at a time: the int64 one-hot mask, the
+    // router's scores and the expert's and shared expert's MLP over every token.
+    let routing = spec.moe.as_ref().map_or(0, |m| {
+        let (e, k) = (c(m.experts), c(m.top_k));
+        rows * (k * e * 8 + e * 8 + 6 * (c(m.expert_intermediate) + c(m.shared_intermediate)) * 4)
+    });
+    let total = weights + kv + scores + l * per_layer + logits + routing;
     total < MAX_SIZED_BYTES
 }
 

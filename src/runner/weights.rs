@@ -26,7 +26,9 @@ pub fn check_chunked(spec: &ModelSpec) -> Result<(), RunError> {
     if let Some(what) = spec.not_llama() {
         return Err(RunError::Unsupported {
             path: spec.source.clone(),
-            reason: format!("{what}, which candle-chunked does not run (its Llama has no code for it)"),
+            reason: format!(
+                "{what}, which candle-chunked does not run (its Llama has no code for it)"
+            ),
         });
     }
     if spec.fused_projections {
