@@ -127,6 +127,8 @@ impl Sweep {
         if let Some(m) = plan.max_position {
             spec = spec.with_max_position(m)?;
         }
+        // Refused before the run directory exists: candle's engines are Llamas.
+        crate::runner::check_runnable(&spec, plan.engine).map_err(BenchError::Run)?;
         let weights = match (&plan.weights, snapshot) {
             (WeightsChoice::Synthetic, _) => WeightsSource::Synthetic { seed: plan.seed },
             (WeightsChoice::Download, Some(dir)) => WeightsSource::Local(dir),

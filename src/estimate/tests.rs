@@ -369,3 +369,169 @@ fn workloads_beyond_64_bits_are_refused() {
     };
     assert_eq!(super::fit::process_peak(&q, q.workload), u64::MAX);
 }
+
+fn shipped(dir: &str) -> ModelSpec {
+    ModelSpec::from_path(Path::new("models").join(dir).as_path()).unwrap()
+}
+
+/// K/V bytes of one token in one layer, batch `b`.
+fn kv_token_layer(s: &ModelSpec, b: u64) -> u64 {
+    b * 2 * s.num_kv_heads * s.head_dim * 2
+}
+
+/// The preallocated cache holds the window in sliding layers, the capacity in the others:
+/// Gemma-3-1B at 32K keeps 4 global layers of 32,768 tokens and 22 of 512.
+#[test]
+fn preallocated_cache_holds_the_window_in_sliding_layers() {
+    let s = shipped("gemma-3-1b-it");
+    let w = Workload {
+        batch: 2,
+        context: 32_760,
+        decode_steps: 8,
+    };
+    let e = estimate(
+        &s,
+        DType::BF16,
+        EngineProfile::TransformersSdpa,
+        Backend::Cuda,
+        w,
+    );
+    let (global, sliding) = (
+        s.num_layers - s.sliding_layer_count(),
+        s.sliding_layer_count(),
+    );
+    assert_eq!((global, sliding), (4, 22));
+    let expected = kv_token_layer(&s, 2) * (global * 32_768 + sliding * 512);
+    for p in [&e.prefill, &e.decode] {
+        assert_eq!(p.peak.get(Component::KvCache), expected);
+    }
+    // Without the window every layer holds the capacity.
+    let mut full = s.clone();
+    full.sliding_window = None;
+    full.sliding_layers = vec![false; 26];
+    let f = estimate(
+        &full,
+        DType::BF16,
+        EngineProfile::TransformersSdpa,
+        Backend::Cuda,
+        w,
+    );
+    assert_eq!(
+        f.prefill.peak.get(Component::KvCache),
+        kv_token_layer(&s, 2) * 26 * 32_768
+    );
+}
+
+/// transformers' cat-grown cache: a prompt's K/V stay whole in every layer (a sliding
+/// layer keeps a view of the prompt's tensor); from the second decode step on, a sliding
+/// layer holds its window; the first step's worst moment still has the prompt everywhere.
+#[test]
+fn cat_grown_cache_keeps_the_prompt_until_the_window_replaces_it() {
+    let s = shipped("mistral-7b-v0.1");
+    assert_eq!(s.sliding_window, Some(4096));
+    let per = kv_token_layer(&s, 1);
+    let w = |steps| Workload {
+        batch: 1,
+        context: 16_384,
+        decode_steps: steps,
+    };
+    let e = |steps| {
+        estimate(
+            &s,
+            DType::BF16,
+            EngineProfile::TransformersEager,
+            Backend::Cuda,
+            w(steps),
+        )
+    };
+    // Prefill: every layer the whole prompt (the last layer's cat result included).
+    assert_eq!(e(8).prefill.peak.get(Component::KvCache), 32 * 16_384 * per);
+    // Decode step 8: 31 layers hold 4096 (4095 kept + 1), the running one its last 4096
+    // and, at the peak, its new 4096.
+    let steady = e(8).decode.peak.get(Component::KvCache);
+    assert!(
+        (32 * 4096 * per..=33 * 4096 * per).contains(&steady),
+        "{steady}"
+    );
+    // The first decode step: the later layers still hold the prompt.
+    let first = e(1).decode.peak.get(Component::KvCache);
+    assert!(first >= 31 * 16_384 * per, "{first}");
+}
+
+/// A MoE layer in transformers allocates its one-hot expert mask (int64, tokens x top_k x
+/// experts) and runs the busiest expert over up to every token. Mixtral's prefill peaks
+/// there; Qwen3-30B-A3B's, with experts of width 768, at the f32 temporaries of its q norm.
+#[test]
+fn moe_routing_buffers_are_in_the_prefill_peak() {
+    let w = Workload {
+        batch: 4,
+        context: 4096,
+        decode_steps: 8,
+    };
+    let tokens = 4 * 4096;
+    let s = shipped("mixtral-8x7b-instruct-v0.1");
+    let m = s.moe.clone().unwrap();
+    let e = estimate(
+        &s,
+        DType::BF16,
+        EngineProfile::TransformersSdpa,
+        Backend::Cuda,
+        w,
+    );
+    let mask = tokens * m.top_k * m.experts * 8;
+    let routing = e.prefill.peak.get(Component::ExpertRouting);
+    assert!(routing >= mask, "{routing}");
+    // The busiest expert's MLP over every token: gate, up and their product at once.
+    let mlp = e.prefill.peak.get(Component::Mlp);
+    assert!(mlp >= 3 * tokens * m.expert_intermediate * 2, "{mlp}");
+    // Weights are every expert's, not the active ones'.
+    assert_eq!(e.weights_bytes, s.param_count() * 2);
+    assert!(e.weights_bytes > 3 * s.active_param_count());
+    let q = shipped("qwen3-30b-a3b");
+    let e = estimate(
+        &q,
+        DType::BF16,
+        EngineProfile::TransformersSdpa,
+        Backend::Cuda,
+        w,
+    );
+    let elems = tokens * q.num_heads * q.head_dim;
+    assert!(e.prefill.peak.get(Component::QkvProjections) >= 2 * elems * 4);
+}
+
+/// Gemma's four norms per layer, its kept unscaled embeddings and the routed experts make
+/// activations larger than the Llama layer of the same shapes.
+#[test]
+fn gemma_and_moe_layers_cost_more_than_their_llama_shapes() {
+    let w = Workload {
+        batch: 4,
+        context: 2048,
+        decode_steps: 8,
+    };
+    let act = |s: &ModelSpec| {
+        let e = estimate(
+            s,
+            DType::BF16,
+            EngineProfile::TransformersSdpa,
+            Backend::Cuda,
+            w,
+        );
+        e.prefill.total_bytes()
+            - e.prefill.peak.get(Component::Weights)
+            - e.prefill.peak.get(Component::KvCache)
+    };
+    let gemma = shipped("gemma-2-9b-it");
+    let mut plain = gemma.clone();
+    plain.sandwich_norms = false;
+    plain.final_logit_softcapping = None;
+    assert!(act(&gemma) > act(&plain), "{} {}", act(&gemma), act(&plain));
+    let mixtral = shipped("mixtral-8x7b-instruct-v0.1");
+    let mut dense = mixtral.clone();
+    dense.moe = None;
+    assert!(
+        act(&mixtral) > act(&dense),
+        "{} {}",
+        act(&mixtral),
+        act(&dense)
+    );
+}

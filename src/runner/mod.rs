@@ -694,3 +694,23 @@ impl Runner {
         Ok(PointMeasurement { prefill, decode })
     }
 }
+
+/// Why `engine` cannot run `spec`, if it cannot (checked before a run directory is made):
+/// what candle-transformers' llama, vramprobe's chunked Llama or quantized_llama have no
+/// code for.
+///
+/// # Errors
+/// [`RunError::Unsupported`] naming the config and what it has.
+pub fn check_runnable(spec: &ModelSpec, engine: EngineProfile) -> Result<(), RunError> {
+    match engine {
+        EngineProfile::CandleChunked => check_chunked(spec),
+        EngineProfile::CandleQuantized => match spec.not_llama() {
+            Some(what) => Err(RunError::Unsupported {
+                path: spec.source.clone(),
+                reason: format!("{what}, which candle-transformers' quantized_llama does not run"),
+            }),
+            None => Ok(()),
+        },
+        _ => candle_config(spec).map(|_| ()),
+    }
+}

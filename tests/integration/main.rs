@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real files, real candle forward passes on the CPU.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
+mod architectures;
 mod bench;
 mod chunked;
 mod estimate;
