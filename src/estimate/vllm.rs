@@ -357,11 +357,12 @@ fn kv_heads_per_rank(spec: &ModelSpec, tp: u64) -> u64 {
 /// [`KnobError`] with vLLM's reason.
 pub fn check_knobs(spec: &ModelSpec, k: &VllmKnobs) -> Result<(), KnobError> {
     let err = |m: String| Err(KnobError(m));
-    if let Some(what) = spec.not_llama() {
+    if spec.sandwich_norms {
         return err(format!(
-            "{what}: vramprobe's vLLM plan models dense Llama-family layers only (its fused-MoE \
-             workspaces and Gemma's layers are not modelled); estimate it with --engine \
-             transformers-sdpa or transformers-eager"
+            "model_type \"{}\": vramprobe's vLLM plan does not model Gemma (its hybrid \
+             sliding-window KV cache groups and soft-capping attention backend); estimate it \
+             with --engine transformers-sdpa or transformers-eager",
+            spec.model_type
         ));
     }
     let u = k.gpu_memory_utilization;
@@ -395,6 +396,18 @@ pub fn check_knobs(spec: &ModelSpec, k: &VllmKnobs) -> Result<(), KnobError> {
             "--tensor-parallel-size {tp}: intermediate_size {} is not divisible by it",
             spec.intermediate_size
         ));
+    }
+    if let Some(m) = &spec.moe {
+        for (name, v) in [
+            ("moe_intermediate_size", m.expert_intermediate),
+            ("shared_expert_intermediate_size", m.shared_intermediate),
+        ] {
+            if v % tp != 0 {
+                return err(format!(
+                    "--tensor-parallel-size {tp}: {name} {v} is not divisible by it"
+                ));
+            }
+        }
     }
     if let Some(l) = k.max_model_len {
         if l == 0 || l > spec.max_position_embeddings {
@@ -447,34 +460,46 @@ pub fn weights_bytes(spec: &ModelSpec, dtype: DType, k: &VllmKnobs) -> (u64, u64
     let i = spec.intermediate_size / tp;
     let q = k.quantization;
     // One FP8 scale per logical matrix: q, k, v, o, gate, up, down.
-    let per_tensor_scales = if q == VllmQuant::Fp8 { 7 * 4 } else { 0 };
-    let mut layer = linear_bytes(q_rows + 2 * kv_rows, h, e, q)
+    let scales = |n: u64| if q == VllmQuant::Fp8 { n * 4 } else { 0 };
+    let mut attention = linear_bytes(q_rows + 2 * kv_rows, h, e, q)
         + linear_bytes(h, q_rows, e, q)
-        + linear_bytes(2 * i, h, e, q)
-        + linear_bytes(h, i, e, q)
-        + per_tensor_scales
+        + scales(4)
         + 2 * h * e;
     if spec.qkv_bias {
-        layer += (q_rows + 2 * kv_rows) * e;
+        attention += (q_rows + 2 * kv_rows) * e;
     }
     if spec.o_bias {
-        layer += h * e;
-    }
-    if spec.mlp_bias {
-        layer += (2 * i + h) * e;
+        attention += h * e;
     }
     if spec.qk_norm {
-        layer += 2 * hd * e;
+        attention += 2 * hd * e;
     }
+    let gated = |i: u64| linear_bytes(2 * i, h, e, q) + linear_bytes(h, i, e, q) + scales(3);
+    let mut dense = gated(i);
+    if spec.mlp_bias {
+        dense += (2 * i + h) * e;
+    }
+    // A MoE layer (FusedMoE): the router replicated and unquantized, every expert's w13
+    // (`E x 2I/tp x h`) and w2 (`E x h x I/tp`), the shared expert sharded like an MLP and
+    // its one-output gate replicated.
+    let sparse = spec.moe.as_ref().map_or(0, |m| {
+        let shared = if m.shared_intermediate > 0 {
+            gated(m.shared_intermediate / tp) + h * e
+        } else {
+            0
+        };
+        m.experts * h * e + m.experts * gated(m.expert_intermediate / tp) + shared
+    });
+    let sparse_layers = spec.moe.as_ref().map_or(0, |m| m.sparse_layer_count());
+    let layers = spec.num_layers * attention
+        + sparse_layers * sparse
+        + (spec.num_layers - sparse_layers) * dense;
     let vocab_rank = spec.vocab_size.div_ceil(VOCAB_PADDING) * VOCAB_PADDING;
     let vocab_rank = vocab_rank.div_ceil(tp);
     let embed = vocab_rank * h * e;
     let head = if spec.tie_word_embeddings { 0 } else { embed };
     let rotary = spec.max_position_embeddings * hd * e;
-    (
-        spec.num_layers * layer + embed + head + h * e + rotary,
-        rotary,
-    )
+    (layers + embed + head + h * e + rotary, rotary)
 }
 
 /// cuBLAS's default workspace in PyTorch: 32 MiB from compute capability 9.0 (Hopper),
@@ -508,12 +533,70 @@ pub fn profile_run_bytes(
         // Inductor frees each buffer after its last use: residual, gate_up, activation.
         tokens * (h + 3 * i) * e
     };
+    let forward = match &spec.moe {
+        Some(m) => {
+            let dense = if m.sparse_layer_count() < spec.num_layers {
+                forward
+            } else {
+                0
+            };
+            dense.max(moe_forward_bytes(
+                spec,
+                m,
+                e,
+                tokens,
+                k.tensor_parallel_size,
+            ))
+        }
+        None => forward,
+    };
     let rows = seqs.min(tokens);
     let vocab = spec.vocab_size;
     let vocab_padded = vocab.div_ceil(VOCAB_PADDING) * VOCAB_PADDING;
     let sort = rows * (vocab_padded * e + vocab * 36);
     let sampler = sort + tokens * h * e + 2 * rows * h * e;
     (forward, sampler)
+}
+
+/// vLLM's `VLLM_FUSED_MOE_CHUNK_SIZE` default: `fused_experts` works on this many tokens at a
+/// time, its workspaces sized for one chunk.
+pub const FUSED_MOE_CHUNK: u64 = 32_768;
+
+/// The largest `BLOCK_SIZE_M` of vLLM's fused-MoE configs: `moe_align_block_size` pads each
+/// expert's token list to a multiple of it.
+const MOE_BLOCK_M: u64 = 128;
+
+/// The profile forward's peak in a MoE layer over `tokens` tokens, from vLLM 0.11's
+/// `FusedMoE` and `fused_experts_impl` (a custom op, outside inductor's buffer reuse):
+/// the residual and the normed input (the output is written in place), the router logits
+/// (`T x E`), `fused_topk`'s f32 weights and int32 ids and token indices (`T x k` each),
+/// the aligned token ids (`M x k + E x (BLOCK_M - 1)` int32, at the largest block), and
+/// the two workspaces for a chunk of `M = min(T, 32768)` tokens: `cache13` (`M x k x
+/// max(2I/tp, h)`, shared by the first and second GEMM's outputs) and `cache2` (`M x k x
+/// I/tp`, the activation). A shared expert (Qwen2-MoE) runs first; its output (`T x h`) and
+/// gate (`T x 1`) stay while the routed experts run, and its own MLP peak is checked too.
+/// Not checked against a published MoE run.
+pub fn moe_forward_bytes(
+    spec: &ModelSpec,
+    m: &crate::spec::Moe,
+    e: u64,
+    tokens: u64,
+    tp: u64,
+) -> u64 {
+    let (h, t) = (spec.hidden_size, tokens);
+    let (experts, k) = (m.experts, m.top_k);
+    let n = 2 * m.expert_intermediate / tp;
+    let chunk = t.min(FUSED_MOE_CHUNK);
+    let stream = 2 * t * h * e;
+    let routing = t * experts * e + t * k * 12 + (chunk * k + experts * (MOE_BLOCK_M - 1)) * 4;
+    let workspaces = chunk * k * (n.max(h) + n / 2) * e;
+    let (shared_kept, shared_peak) = if m.shared_intermediate > 0 {
+        let s = m.shared_intermediate / tp;
+        (t * h * e + t * e, stream + t * 3 * s * e)
+    } else {
+        (0, 0)
+    };
+    (stream + routing + workspaces + shared_kept).max(shared_peak)
 }
 
 /// Format bytes as vLLM does: GiB with two decimals.

@@ -63,8 +63,8 @@ fn engines_without_code_for_an_architecture_refuse_it() {
             "--mode train",
         ),
         (
-            "estimate --model models/qwen3-30b-a3b --engine vllm --gpu h100-sxm",
-            "vLLM plan models dense",
+            "estimate --model models/gemma-3-1b-it --engine vllm --gpu h100-sxm",
+            "does not model Gemma",
         ),
         (bench.as_str(), "Gemma's layer"),
     ] {
@@ -81,6 +81,26 @@ fn engines_without_code_for_an_architecture_refuse_it() {
     let o = vp("estimate --model models/mistral-7b-v0.1 --context 8192");
     ok(&o);
     assert!(stdout(&o).contains("this engine attends over every token"));
+}
+
+/// vLLM's plan of a MoE model: every expert's weights on each rank of the group, the
+/// fused-MoE workspaces in the profile run; Mixtral needs two H100s.
+#[test]
+fn vllm_plans_a_moe_model() {
+    let o = vp(
+        "estimate --model models/mixtral-8x7b-instruct-v0.1 --engine vllm --gpu h100-sxm --json",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let text = v.to_string();
+    assert!(
+        text.contains("No available memory") || text.contains("error"),
+        "{text}"
+    );
+    let o = vp("estimate --model models/mixtral-8x7b-instruct-v0.1 --engine vllm --gpu h100-sxm --tensor-parallel-size 2 --json");
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v.to_string().contains("kv_cache"), "{v}");
 }
 
 /// `fit` of a MoE model sizes every expert's weights: Mixtral in bf16 needs two 80 GB

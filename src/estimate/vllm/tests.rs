@@ -625,3 +625,46 @@ fn every_supported_architecture_plans_with_its_own_tensors() {
 fn kv_per_token(s: &ModelSpec) -> u64 {
     crate::estimate::kv_cache_bytes_per_token(s, DType::BF16)
 }
+
+/// vLLM's MoE layout: a published start-up of Qwen3-30B-A3B at tensor parallel 4 printed
+/// "Model loading took 14.2474 GiB" on every rank (vllm-project/vllm#17469, vLLM 0.8.5,
+/// whose FusedMoE weights are 0.11's): experts sharded over their width, the router
+/// replicated, the vocabulary split.
+#[test]
+fn moe_weights_per_rank_match_a_published_start_up() {
+    let s = ModelSpec::from_path(Path::new("models/qwen3-30b-a3b")).unwrap();
+    let k = VllmKnobs {
+        tensor_parallel_size: 4,
+        ..VllmKnobs::default()
+    };
+    let (weights, _) = weights_bytes(&s, DType::BF16, &k);
+    assert_eq!(gib(weights as f64), "14.25");
+    assert!((weights as f64 / GIB - 14.2474).abs() < 0.005);
+    // At TP 1 every expert is on the one GPU: the checkpoint's bytes plus the rotary cache.
+    let (one, rotary) = weights_bytes(&s, DType::BF16, &VllmKnobs::default());
+    assert_eq!(one - rotary, s.param_count() * 2);
+    // The profile run's MoE layer holds fused_experts' workspaces for a chunk of tokens.
+    let m = s.moe.as_ref().unwrap();
+    let (forward, _) = profile_run_bytes(&s, DType::BF16, 8192, 1024, &VllmKnobs::default());
+    let cache13 = 8192 * m.top_k * (2 * m.expert_intermediate).max(s.hidden_size) * 2;
+    assert!(forward > cache13, "{forward}");
+    assert_eq!(forward, moe_forward_bytes(&s, m, 2, 8192, 1));
+    // Gemma is refused by name; a MoE model's expert width must divide over the ranks.
+    let g = ModelSpec::from_path(Path::new("models/gemma-2-9b-it")).unwrap();
+    let e = check_knobs(&g, &VllmKnobs::default()).unwrap_err();
+    assert!(e.0.contains("gemma2"), "{}", e.0);
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("models/qwen3-30b-a3b/config.json").unwrap())
+            .unwrap();
+    j["moe_intermediate_size"] = 1000.into();
+    let odd = spec(&j.to_string());
+    let e = check_knobs(
+        &odd,
+        &VllmKnobs {
+            tensor_parallel_size: 16,
+            ..VllmKnobs::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.0.contains("moe_intermediate_size 1000"), "{}", e.0);
+}
