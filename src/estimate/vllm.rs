@@ -464,7 +464,7 @@ pub fn weights_bytes(spec: &ModelSpec, dtype: DType, k: &VllmKnobs) -> (u64, u64
     let mut attention = linear_bytes(q_rows + 2 * kv_rows, h, e, q)
         + linear_bytes(h, q_rows, e, q)
         + scales(4)
-        + 2 * h * e;
+        + if spec.sandwich_norms { 4 } else { 2 } * h * e;
     if spec.qkv_bias {
         attention += (q_rows + 2 * kv_rows) * e;
     }

@@ -184,7 +184,12 @@ fn unsupported_model_type_lists_supported() {
     json["model_type"] = "gpt2".into();
     let msg = spec_of(&json.to_string()).unwrap_err().to_string();
     assert!(
-        msg.contains("\"gpt2\"") && msg.contains("llama, mistral, qwen2, qwen3, phi3"),
+        msg.contains("\"gpt2\"")
+            && msg.contains("field `model_type`")
+            && msg.contains(
+                "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, mixtral, qwen2_moe, \
+                 qwen3_moe"
+            ),
         "{msg}"
     );
 }

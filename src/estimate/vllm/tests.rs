@@ -668,3 +668,22 @@ fn moe_weights_per_rank_match_a_published_start_up() {
     .unwrap_err();
     assert!(e.0.contains("moe_intermediate_size 1000"), "{}", e.0);
 }
+
+/// Every shipped config's weights at tensor parallel 1 are its parameters in bf16 plus the
+/// rotary cache: the layouts (fused, MoE, Gemma's norms) lose or add no tensor. (A
+/// vocabulary vLLM pads to 64 would add rows; every shipped one is a multiple already.)
+#[test]
+fn weights_at_tp1_are_the_checkpoint_for_every_shipped_config() {
+    for entry in std::fs::read_dir("models").unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("config.json").exists() {
+            continue;
+        }
+        let s = ModelSpec::from_path(&dir).unwrap();
+        if s.vocab_size % VOCAB_PADDING != 0 {
+            continue;
+        }
+        let (w, rotary) = weights_bytes(&s, DType::BF16, &VllmKnobs::default());
+        assert_eq!(w - rotary, s.param_count() * 2, "{}", dir.display());
+    }
+}
