@@ -3,6 +3,7 @@
 #
 #   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh          # 80 A100, 89 RTX 4090/L40S, 90 H100/H200
 #   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh --lean   # without the Hub client
+#   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh --flash-attn   # lean, with FlashAttention-2
 #
 # Flavours: the default is the user's build, `cuda` + `hub`: it downloads models with hf-hub
 # (HF_TOKEN, HF_HOME) and measures them on the GPU. `--lean` leaves the Hub client out (about
@@ -33,15 +34,32 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$CUDA_HOME/lib -L native=$CUDA_HOME/l
 features=(--features cuda,hub)
 flavour="cuda+hub"
 target="$root/target/cuda"
+locked=(--locked)
 case "${1:-}" in
   --lean) features=(--no-default-features --features cuda); flavour="cuda (lean)"; target="$root/target/cuda-lean" ;;
+  --flash-attn)
+    # The lean build plus candle-flash-attn, patched in from scripts/flash-attn-src.sh (the
+    # head_dim-128 kernels only, CUTLASS from PyPI). The kernel objects persist in
+    # .flash-attn/build (CANDLE_FLASH_ATTN_BUILD_DIR): a rebuild recompiles none of them.
+    crate="$("$root/scripts/flash-attn-src.sh")"
+    mkdir -p "$root/.flash-attn/build"
+    export CANDLE_FLASH_ATTN_BUILD_DIR="$root/.flash-attn/build"
+    export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
+    export NVCC="$CUDA_HOME/bin/nvcc"
+    features=(--no-default-features --features flash-attn --config "patch.crates-io.candle-flash-attn.path=\"$crate\"")
+    # The patch is a path source, which Cargo.lock would record: build unlocked and put the
+    # committed lock file back afterwards.
+    locked=()
+    cp "$root/Cargo.lock" "$root/.flash-attn/Cargo.lock.committed"
+    trap 'cp "$root/.flash-attn/Cargo.lock.committed" "$root/Cargo.lock"' EXIT
+    flavour="cuda (lean) + flash-attn"; target="$root/target/cuda-flash" ;;
   "") ;;
-  *) echo "build-cuda: unknown option $1 (--lean)" >&2; exit 2 ;;
+  *) echo "build-cuda: unknown option $1 (--lean, --flash-attn)" >&2; exit 2 ;;
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$target}"
 
 start=$(date +%s)
-(cd "$root" && cargo build --release --locked "${features[@]}" --bin vramprobe)
+(cd "$root" && cargo build --release "${locked[@]}" "${features[@]}" --bin vramprobe)
 bin="$CARGO_TARGET_DIR/release/vramprobe"
 strip "$bin"
 xz -6 -T0 -k -f "$bin"

@@ -213,7 +213,7 @@ impl Sweep {
     pub fn cuda_limit_context(&self, b: u64) -> (u64, String) {
         let spec = &self.spec;
         match self.plan.engine {
-            EngineProfile::CandleChunked => {
+            EngineProfile::CandleChunked | EngineProfile::CandleFlash => {
                 let per_position = b.max(1) * spec.num_kv_heads.max(1) * spec.head_dim.max(1);
                 let positions = u64::from(u32::MAX) / per_position;
                 let steps = self.plan.grid.decode_steps.max(1);

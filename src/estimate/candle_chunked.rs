@@ -291,6 +291,62 @@ impl Dims {
         self.chunked_linear(r, QkvProjections, rows, self.hidden, self.kv_width);
         self.chunked_linear(r, QkvProjections, rows, self.hidden, self.kv_width);
         r.free(HiddenStates, x);
+        if self.flash {
+            self.flash_attention(r, b, c, q, kv);
+        } else {
+            self.blocked_attention(r, b, c, pos, k, capacity, q, kv);
+        }
+        self.chunked_linear(r, HiddenStates, rows, self.q_width, self.hidden); // o_proj
+        r.free(AttentionOutput, q);
+        r.alloc(HiddenStates, x); // x + o
+        r.free(HiddenStates, 2 * x);
+        // MLP
+        let m = rows * self.inter * e;
+        r.alloc(HiddenStates, x); // rms_norm
+        self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // gate
+        r.replace(Mlp, m); // silu
+        self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // up
+        r.free(HiddenStates, x);
+        r.alloc(Mlp, m); // silu(gate) * up
+        r.free(Mlp, 2 * m);
+        self.chunked_linear(r, HiddenStates, rows, self.inter, self.hidden); // down
+        r.free(Mlp, m);
+        r.alloc(HiddenStates, x); // x + down
+        r.free(HiddenStates, 2 * x);
+    }
+
+    /// `candle-flash`'s attention of a chunk of `c` positions: q, k, v stay in the
+    /// projections' `(b, c, heads, head_dim)` layout (views), `rope_thd` rotates q and k into
+    /// new tensors, k and v are written into the `(b, capacity, kv_heads, head_dim)` cache
+    /// and dropped, and `candle_flash_attn::flash_attn` reads the cache's first `pos + c`
+    /// positions as a narrowed view: it allocates only its output and the f32 log-sum-exp
+    /// (`b x heads x c`), freed when the call returns. Leaves the output allocated.
+    fn flash_attention(&self, r: &mut Replay, b: u64, c: u64, q: u64, kv: u64) {
+        r.replace(QkvProjections, q); // rope_thd(q)
+        r.replace(QkvProjections, kv); // rope_thd(k)
+        r.free(QkvProjections, kv); // written into the cache
+        r.free(QkvProjections, kv); // v written into the cache
+        r.alloc(AttentionOutput, q); // flash_attn's output
+        let lse = b * self.heads * c * 4;
+        r.alloc(AttentionScores, lse);
+        r.free(AttentionScores, lse);
+        r.free(QkvProjections, q); // the rotated q
+    }
+
+    /// `candle-chunked`'s attention: heads first, rotary, scale, then block by block into
+    /// the chunk's output, which is left allocated.
+    #[allow(clippy::too_many_arguments)]
+    fn blocked_attention(
+        &self,
+        r: &mut Replay,
+        b: u64,
+        c: u64,
+        pos: u64,
+        k: &Knobs,
+        capacity: u64,
+        q: u64,
+        kv: u64,
+    ) {
         // q: heads first, rotary, scale.
         let heads_first = |r: &mut Replay, heads: u64, bytes: u64| {
             if transpose_copies(c, heads) {
@@ -321,23 +377,6 @@ impl Dims {
             }
             r.free(QkvProjections, q);
         }
-        self.chunked_linear(r, HiddenStates, rows, self.q_width, self.hidden); // o_proj
-        r.free(AttentionOutput, q);
-        r.alloc(HiddenStates, x); // x + o
-        r.free(HiddenStates, 2 * x);
-        // MLP
-        let m = rows * self.inter * e;
-        r.alloc(HiddenStates, x); // rms_norm
-        self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // gate
-        r.replace(Mlp, m); // silu
-        self.chunked_linear(r, Mlp, rows, self.hidden, self.inter); // up
-        r.free(HiddenStates, x);
-        r.alloc(Mlp, m); // silu(gate) * up
-        r.free(Mlp, 2 * m);
-        self.chunked_linear(r, HiddenStates, rows, self.inter, self.hidden); // down
-        r.free(Mlp, m);
-        r.alloc(HiddenStates, x); // x + down
-        r.free(HiddenStates, 2 * x);
     }
 
     /// One forward of `c` positions at `pos`: token ids, the embedding, the layers, and the
@@ -355,7 +394,11 @@ impl Dims {
     ) {
         let e = self.e;
         r.alloc(HiddenStates, b * c * 4); // token ids
-        let keys = if c > 1 { (pos + c) * 4 } else { 0 };
+        let keys = if c > 1 && !self.flash {
+            (pos + c) * 4
+        } else {
+            0
+        };
         r.alloc(CausalMask, keys); // key positions, for the masks of the chunk
         r.alloc(HiddenStates, b * c * self.hidden * e); // embedding
         self.chunked_layer(r, b, c, pos, k, capacity);
@@ -437,6 +480,20 @@ pub fn prefill(
     prefill_replay(spec, dtype, backend, w, k, false)
 }
 
+/// Peak of `candle-flash`'s chunked prefill: `candle-chunked` with FlashAttention-2.
+pub fn flash_prefill(spec: &ModelSpec, dtype: DType, w: Workload, k: &Knobs) -> Breakdown {
+    let mut d = Dims::new(spec, dtype, Backend::Cuda);
+    d.flash = true;
+    replay_prefill(d, w, k)
+}
+
+/// Peak of `candle-flash`'s last decode step.
+pub fn flash_decode(spec: &ModelSpec, dtype: DType, w: Workload, k: &Knobs) -> Breakdown {
+    let mut d = Dims::new(spec, dtype, Backend::Cuda);
+    d.flash = true;
+    replay_decode(d, w, k)
+}
+
 /// [`prefill`], replaying every chunk and block when `exhaustive` (what the fast replay is
 /// tested against).
 fn prefill_replay(
@@ -449,6 +506,10 @@ fn prefill_replay(
 ) -> Breakdown {
     let mut d = Dims::new(spec, dtype, backend);
     d.exhaustive = exhaustive;
+    replay_prefill(d, w, k)
+}
+
+fn replay_prefill(d: Dims, w: Workload, k: &Knobs) -> Breakdown {
     let capacity = k.capacity(w);
     let b = w.batch;
     let mut r = Replay::new();
@@ -477,7 +538,10 @@ pub fn decode(
     w: Workload,
     k: &Knobs,
 ) -> Breakdown {
-    let d = Dims::new(spec, dtype, backend);
+    replay_decode(Dims::new(spec, dtype, backend), w, k)
+}
+
+fn replay_decode(d: Dims, w: Workload, k: &Knobs) -> Breakdown {
     let capacity = k.capacity(w);
     let pos = w.context + w.decode_steps.max(1) - 1;
     let mut r = Replay::new();

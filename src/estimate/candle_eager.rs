@@ -51,6 +51,8 @@ pub(super) struct Dims {
     pub(super) cpu: bool,
     /// candle-chunked: replay every chunk and block (tests), not one of each shape.
     pub(super) exhaustive: bool,
+    /// candle-chunked with FlashAttention-2 (`candle-flash`): no scores, no mask.
+    pub(super) flash: bool,
 }
 
 impl Dims {
@@ -73,6 +75,7 @@ impl Dims {
             half: dtype != DType::F32,
             cpu: backend == Backend::Cpu,
             exhaustive: false,
+            flash: false,
         }
     }
 

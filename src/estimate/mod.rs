@@ -35,6 +35,10 @@ pub enum EngineProfile {
     /// candle-transformers' quantized_llama: GGUF weights (`QTensor`), f32 activations and
     /// KV cache, as [`candle_quantized`] describes.
     CandleQuantized,
+    /// `candle-chunked` with its attention through FlashAttention-2 (`candle-flash-attn`,
+    /// CUDA only, the `flash-attn` build): no score buffer, GQA in the kernel, the cache read
+    /// as a narrowed view ([`candle_chunked::flash_prefill`]).
+    CandleFlash,
     /// Hugging Face transformers with SDPA (a fused attention, FlashAttention-like: no
     /// score buffer) and a preallocated KV cache ([`hf`]). Alias: `flash`.
     #[serde(alias = "flash")]
@@ -45,10 +49,11 @@ pub enum EngineProfile {
 }
 
 impl EngineProfile {
-    pub const ALL: [EngineProfile; 5] = [
+    pub const ALL: [EngineProfile; 6] = [
         EngineProfile::CandleEager,
         EngineProfile::CandleChunked,
         EngineProfile::CandleQuantized,
+        EngineProfile::CandleFlash,
         EngineProfile::TransformersEager,
         EngineProfile::TransformersSdpa,
     ];
@@ -58,16 +63,18 @@ impl EngineProfile {
             EngineProfile::CandleEager => "candle-eager",
             EngineProfile::CandleChunked => "candle-chunked",
             EngineProfile::CandleQuantized => "candle-quantized",
+            EngineProfile::CandleFlash => "candle-flash",
             EngineProfile::TransformersSdpa => "transformers-sdpa",
             EngineProfile::TransformersEager => "transformers-eager",
         }
     }
 
     /// The engines `bench` runs and measures (the others are estimated only).
-    pub const MEASURED: [EngineProfile; 3] = [
+    pub const MEASURED: [EngineProfile; 4] = [
         EngineProfile::CandleEager,
         EngineProfile::CandleChunked,
         EngineProfile::CandleQuantized,
+        EngineProfile::CandleFlash,
     ];
 
     /// Whether `bench` can measure this engine.
@@ -113,7 +120,8 @@ impl std::str::FromStr for EngineProfile {
             .ok_or_else(|| {
                 format!(
                     "unknown engine \"{s}\" (candle-eager, candle-chunked, candle-quantized, \
-                     transformers-eager, transformers-sdpa; aliases hf-eager, flash)"
+                     candle-flash, transformers-eager, transformers-sdpa; aliases hf-eager, \
+                     flash)"
                 )
             })
     }
@@ -625,6 +633,10 @@ pub fn estimate_with(
         EngineProfile::CandleChunked => (
             candle_chunked::prefill(spec, dtype, backend, workload, knobs),
             candle_chunked::decode(spec, dtype, backend, workload, knobs),
+        ),
+        EngineProfile::CandleFlash => (
+            candle_chunked::flash_prefill(spec, dtype, workload, knobs),
+            candle_chunked::flash_decode(spec, dtype, workload, knobs),
         ),
         EngineProfile::CandleEager => (
             candle_eager::prefill(spec, dtype, backend, workload),

@@ -535,3 +535,45 @@ fn gemma_and_moe_layers_cost_more_than_their_llama_shapes() {
         act(&dense)
     );
 }
+
+/// `candle-flash` keeps no scores: at Llama-3.1-8B's 128K context its prefill holds the
+/// weights, the preallocated cache, one chunk's activations and FlashAttention's f32
+/// log-sum-exp (`b x heads x chunk`); `candle-chunked`'s score blocks are gone.
+#[test]
+fn flash_engine_has_no_scores_and_its_cache_is_the_chunked_one() {
+    let s = shipped("llama-3.1-8b-instruct");
+    let w = Workload {
+        batch: 1,
+        context: 131_064,
+        decode_steps: 8,
+    };
+    let flash = estimate(
+        &s,
+        DType::BF16,
+        EngineProfile::CandleFlash,
+        Backend::Cuda,
+        w,
+    );
+    let chunked = estimate(
+        &s,
+        DType::BF16,
+        EngineProfile::CandleChunked,
+        Backend::Cuda,
+        w,
+    );
+    for (f, c) in [
+        (&flash.prefill, &chunked.prefill),
+        (&flash.decode, &chunked.decode),
+    ] {
+        assert_eq!(
+            f.peak.get(Component::KvCache),
+            c.peak.get(Component::KvCache)
+        );
+        assert_eq!(f.peak.get(Component::KvCache), 131_072 * 131_072);
+        assert_eq!(f.peak.get(Component::CausalMask), 0);
+        assert!(f.total_bytes() < c.total_bytes());
+    }
+    // The log-sum-exp of one 2048-token chunk over 32 heads is all the "scores" there are.
+    assert!(flash.prefill.peak.get(Component::AttentionScores) <= 32 * 2048 * 4);
+    assert!(chunked.prefill.peak.get(Component::AttentionScores) > 32 * 2048 * 4);
+}

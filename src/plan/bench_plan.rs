@@ -281,10 +281,21 @@ impl BenchPlan {
                 ));
             }
         }
-        if self.engine == EngineProfile::CandleChunked && self.mode == Mode::Train {
+        let chunked = matches!(
+            self.engine,
+            EngineProfile::CandleChunked | EngineProfile::CandleFlash
+        );
+        if chunked && self.mode == Mode::Train {
             return Err(PlanError::Needs {
                 field: Field::Engine,
                 needs: Need::Inference,
+            });
+        }
+        // FlashAttention-2 has CUDA kernels only.
+        if self.engine == EngineProfile::CandleFlash && self.device != DeviceChoice::Cuda {
+            return Err(PlanError::Needs {
+                field: Field::Engine,
+                needs: Need::Gpu,
             });
         }
         let knobs = [
@@ -298,7 +309,11 @@ impl BenchPlan {
         ];
         for (field, value, min) in knobs {
             let Some(v) = value else { continue };
-            if self.engine != EngineProfile::CandleChunked {
+            // The flash engine has no score blocks; its chunks and cache are the chunked
+            // engine's.
+            let applies = self.engine == EngineProfile::CandleChunked
+                || (self.engine == EngineProfile::CandleFlash && field != Field::AttentionBlock);
+            if !applies {
                 return Err(PlanError::Needs {
                     field,
                     needs: Need::Chunked,

@@ -44,6 +44,9 @@ pub struct ChunkedLlama {
     dtype: DType,
     device: Device,
     pub knobs: Knobs,
+    /// `candle-flash`: the attention through FlashAttention-2, the cache `(b, capacity,
+    /// kv_heads, head_dim)`.
+    pub flash: bool,
 }
 
 /// One point's state: every layer's K and V for `capacity` positions, and the rotary
@@ -89,6 +92,21 @@ fn inv_freq(spec: &ModelSpec) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// FlashAttention-2, causal, over `(b, n, heads, d)` queries and `(b, t, kv_heads, d)` keys
+/// and values (views with strides are read as they are).
+#[cfg(feature = "flash-attn")]
+fn flash_attn(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    candle_flash_attn::flash_attn(q, k, v, scale, true)
+}
+
+/// Without the `flash-attn` build there is no kernel (`runner::check_flash` refuses first).
+#[cfg(not(feature = "flash-attn"))]
+fn flash_attn(_q: &Tensor, _k: &Tensor, _v: &Tensor, _scale: f32) -> Result<Tensor> {
+    candle_core::bail!(
+        "candle-flash needs the flash-attn build (scripts/build-cuda.sh --flash-attn)"
+    )
 }
 
 /// `(b, n, h, d)` to `(b, h, n, d)`, contiguous; the input is dropped after the copy.
@@ -151,6 +169,7 @@ impl ChunkedLlama {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             knobs,
+            flash: false,
         })
     }
 
@@ -169,7 +188,11 @@ impl ChunkedLlama {
         };
         let cos = table(f32::cos)?;
         let sin = table(f32::sin)?;
-        let shape = (batch, self.kv_heads, capacity, self.head_dim);
+        let shape = if self.flash {
+            (batch, capacity, self.kv_heads, self.head_dim)
+        } else {
+            (batch, self.kv_heads, capacity, self.head_dim)
+        };
         let mut k = Vec::with_capacity(self.layers.len());
         let mut v = Vec::with_capacity(self.layers.len());
         for _ in &self.layers {
@@ -222,7 +245,7 @@ impl ChunkedLlama {
             );
         }
         // Key positions, for the causal masks of this chunk's attention blocks.
-        let keys = if n > 1 {
+        let keys = if n > 1 && !self.flash {
             let k: Vec<u32> = (0..(pos + n) as u32).collect();
             Some(Tensor::from_vec(k, pos + n, &self.device)?)
         } else {
@@ -264,7 +287,7 @@ impl ChunkedLlama {
         keys: Option<&Tensor>,
     ) -> Result<Tensor> {
         let n = x.dim(1)?;
-        let (hd, eps) = (self.head_dim, self.eps);
+        let eps = self.eps;
         let h = candle_nn::ops::rms_norm(&x, &l.norm1, eps)?;
         let q = l.q.forward(&h)?;
         let k = l.k.forward(&h)?;
@@ -272,17 +295,11 @@ impl ChunkedLlama {
         drop(h);
         let cos = cache.cos.narrow(0, pos, n)?;
         let sin = cache.sin.narrow(0, pos, n)?;
-        let mut q = heads_first(q, self.heads, hd)?;
-        q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-        q = q.affine(1. / (hd as f64).sqrt(), 0.)?;
-        let mut k = heads_first(k, self.kv_heads, hd)?;
-        k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
-        ck.slice_set(&k, 2, pos)?;
-        drop(k);
-        let v = heads_first(v, self.kv_heads, hd)?;
-        cv.slice_set(&v, 2, pos)?;
-        drop(v);
-        let y = self.attention(q, ck, cv, pos, keys)?;
+        let y = if self.flash {
+            self.flash_attention(q, k, v, &cos, &sin, ck, cv, pos)?
+        } else {
+            self.chunked_attention(q, k, v, &cos, &sin, ck, cv, pos, keys)?
+        };
         let o = l.o.forward(&y)?;
         drop(y);
         let x = (x + o)?;
@@ -294,6 +311,68 @@ impl ChunkedLlama {
         let d = l.down.forward(&m)?;
         drop(m);
         x + d
+    }
+
+    /// `candle-flash`: q, k, v stay `(b, n, heads, head_dim)` (views of the projections),
+    /// `rope_thd` rotates q and k, k and v are written into the `(b, capacity, kv_heads,
+    /// head_dim)` cache, and FlashAttention-2 reads its first `pos + n` positions as a
+    /// narrowed view, causal aligned bottom-right (so a chunk attends to all earlier
+    /// positions and its own past); `(b, n, heads * head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    fn flash_attention(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        ck: &Tensor,
+        cv: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let (b, n, _) = q.dims3()?;
+        let hd = self.head_dim;
+        let q = candle_nn::rotary_emb::rope_thd(&q.reshape((b, n, self.heads, hd))?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k.reshape((b, n, self.kv_heads, hd))?, cos, sin)?;
+        ck.slice_set(&k, 1, pos)?;
+        drop(k);
+        cv.slice_set(&v.reshape((b, n, self.kv_heads, hd))?, 1, pos)?;
+        drop(v);
+        let keys = ck.narrow(1, 0, pos + n)?;
+        let values = cv.narrow(1, 0, pos + n)?;
+        let y = flash_attn(&q, &keys, &values, 1. / (hd as f32).sqrt())?;
+        drop(q);
+        y.reshape((b, n, self.heads * hd))
+    }
+
+    /// `candle-chunked`: heads first, rotary, scale, the cache written, then the attention
+    /// block by block; `(b, n, heads * head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    fn chunked_attention(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        ck: &Tensor,
+        cv: &Tensor,
+        pos: usize,
+        keys: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (cos, sin) = (cos.clone(), sin.clone());
+        let hd = self.head_dim;
+        let mut q = heads_first(q, self.heads, hd)?;
+        q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+        q = q.affine(1. / (hd as f64).sqrt(), 0.)?;
+        let mut k = heads_first(k, self.kv_heads, hd)?;
+        k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        ck.slice_set(&k, 2, pos)?;
+        drop(k);
+        let v = heads_first(v, self.kv_heads, hd)?;
+        cv.slice_set(&v, 2, pos)?;
+        drop(v);
+        self.attention(q, ck, cv, pos, keys)
     }
 
     /// Attention of `q` (b, heads, n, hd), scaled and rotated, against the cache's first

@@ -328,12 +328,16 @@ impl Runner {
                 check_chunked(spec)?;
                 None
             }
+            EngineProfile::CandleFlash => {
+                check_flash(spec, dtype, &accel.device)?;
+                None
+            }
             other => {
                 return Err(RunError::Unsupported {
                     path: spec.source.clone(),
                     reason: format!(
                         "engine {} is estimated only; bench measures candle-eager, \
-                         candle-chunked and candle-quantized",
+                         candle-chunked, candle-quantized and candle-flash",
                         other.as_str()
                     ),
                 })
@@ -360,7 +364,11 @@ impl Runner {
         let vb = VarBuilder::from_tensors(tensors, cdt, &device);
         let engine = match config {
             Some(config) => Engine::Eager(Box::new(Llama::load(vb, &config)?), config),
-            None => Engine::Chunked(chunked::ChunkedLlama::load(vb, spec, knobs)?),
+            None => {
+                let mut model = chunked::ChunkedLlama::load(vb, spec, knobs)?;
+                model.flash = engine == EngineProfile::CandleFlash;
+                Engine::Chunked(model)
+            }
         };
         Self::loaded(spec, cdt, engine, accel, probe, baseline_bytes)
     }
@@ -695,6 +703,43 @@ impl Runner {
     }
 }
 
+/// Why `candle-flash` cannot run here, if it cannot: a binary built without the
+/// `flash-attn` feature, a device other than CUDA, a dtype other than bf16/f16, or a head
+/// dimension the build did not compile (it has the 128 kernels only).
+///
+/// # Errors
+/// [`RunError::Unsupported`] naming what is missing.
+pub fn check_flash(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<(), RunError> {
+    let unsupported = |reason: String| {
+        Err(RunError::Unsupported {
+            path: spec.source.clone(),
+            reason,
+        })
+    };
+    if !cfg!(feature = "flash-attn") {
+        return unsupported(
+            "candle-flash needs a binary built with FlashAttention-2 (scripts/build-cuda.sh \
+             --flash-attn); this one was not (it can still be estimated)"
+                .into(),
+        );
+    }
+    if !device.is_cuda() {
+        return unsupported("candle-flash runs on CUDA only (FlashAttention-2 kernels)".into());
+    }
+    if dtype == DType::F32 {
+        return unsupported(
+            "candle-flash runs in bf16 or f16 (FlashAttention-2 has no f32)".into(),
+        );
+    }
+    if spec.head_dim != 128 {
+        return unsupported(format!(
+            "head_dim {}: vramprobe's FlashAttention-2 build has the head_dim-128 kernels only",
+            spec.head_dim
+        ));
+    }
+    check_chunked(spec)
+}
+
 /// Why `engine` cannot run `spec`, if it cannot (checked before a run directory is made):
 /// what candle-transformers' llama, vramprobe's chunked Llama or quantized_llama have no
 /// code for.
@@ -703,7 +748,7 @@ impl Runner {
 /// [`RunError::Unsupported`] naming the config and what it has.
 pub fn check_runnable(spec: &ModelSpec, engine: EngineProfile) -> Result<(), RunError> {
     match engine {
-        EngineProfile::CandleChunked => check_chunked(spec),
+        EngineProfile::CandleChunked | EngineProfile::CandleFlash => check_chunked(spec),
         EngineProfile::CandleQuantized => match spec.not_llama() {
             Some(what) => Err(RunError::Unsupported {
                 path: spec.source.clone(),

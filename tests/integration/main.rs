@@ -6,6 +6,7 @@ mod bench;
 mod chunked;
 mod estimate;
 mod exporter;
+mod flash;
 mod fuzz_regressions;
 mod gpu_reports;
 mod html;
