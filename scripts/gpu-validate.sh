@@ -22,6 +22,10 @@
 #
 # ONLY_TRAIN=1 runs steps 1 and 3c only (the inference grid is in reports/gpu/ already);
 # ONLY_QUANT=1 runs steps 1 and 3d only.
+#   3e. Llama-3.1-8B BF16 with candle-flash (FlashAttention-2; a binary from
+#      `scripts/build-cuda.sh --flash-attn`) on the whole card to 131072 tokens and the
+#      boundary, with PyTorch SDPA at the same points for prefill speed (ONLY_FLASH=1: steps 1
+#      and 3e only; a binary without the kernels is refused by bench and the step says so).
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -100,6 +104,35 @@ quantized() {
 }
 if [ -n "${ONLY_QUANT:-}" ]; then quantized; say "done (quantized only): $out/results.tar.gz"; exit 0; fi
 
+flash() {
+  # 3e. candle-flash: the grid to 131072 tokens, then the longest context that fits at batch
+  # 1 and 4 on the whole card; PyTorch SDPA at the shorter points, for prefill speed.
+  say "Llama-3.1-8B bf16 candle-flash grid"
+  VRAMPROBE_LOG=info timeout "${FLASH_TIMEOUT:-200}" "$bin" bench --device cuda --dtype bf16 \
+    --engine candle-flash --model models/llama-3.1-8b-instruct --weights synthetic \
+    --batch 1 --context "${FLASH_CONTEXTS:-1024,8192,32768,65536,131064}" --decode-steps 8 \
+    --out "$work/llama31-8b-flash" >"$work/llama31-8b-flash.txt" 2>>"$log"
+  say "flash grid: rc $?"; tail -n 3 "$work/llama31-8b-flash.txt" | tee -a "$log"
+  pack
+  say "Llama-3.1-8B bf16 candle-flash boundary at batch 1, 4"
+  VRAMPROBE_LOG=info timeout "${FLASH_BOUNDARY_TIMEOUT:-200}" "$bin" bench --device cuda \
+    --dtype bf16 --engine candle-flash --model models/llama-3.1-8b-instruct \
+    --weights synthetic --batch 1,4 --context 8192,32768 --decode-steps 8 \
+    --find-boundary --boundary-step "${BOUNDARY_STEP:-2048}" \
+    --out "$work/llama31-8b-flash-boundary" >"$work/llama31-8b-flash-boundary.txt" 2>>"$log"
+  say "flash boundary: rc $?"; tail -n 3 "$work/llama31-8b-flash-boundary.txt" | tee -a "$log"
+  pack
+  if [ -z "${SKIP_TORCH:-}" ]; then
+    say "PyTorch SDPA at the flash points (prefill speed)"
+    PYTHONUNBUFFERED=1 timeout "${TORCH_TIMEOUT:-150}" "$py" scripts/torch_reference.py \
+      --model models/llama-3.1-8b-instruct --batch 1 --context 1024,8192,32768 \
+      --decode-steps 8 --attn sdpa --out "$work/torch-flash-peer.jsonl" >"$work/torch-flash-peer.txt" 2>&1
+    say "torch peer: rc $?"; tail -n 3 "$work/torch-flash-peer.txt" | tee -a "$log"
+    pack
+  fi
+}
+if [ -n "${ONLY_FLASH:-}" ]; then flash; say "done (flash only): $out/results.tar.gz"; exit 0; fi
+
 # 2. Tiny model on CUDA (SKIP_TINY=1 skips it).
 if [ -z "${SKIP_TINY:-}" ]; then
   say "tiny model, bf16, CUDA"
@@ -137,6 +170,9 @@ if [ -z "${SKIP_CHUNKED:-}" ]; then
     pack
   fi
 fi
+
+# 3e in a full run (SKIP_FLASH=1 skips it; a binary without the kernels is refused at once).
+if [ -z "${SKIP_FLASH:-}" ]; then flash; fi
 
 # 3a. Llama-3-8B BF16, synthetic weights: the grid on the whole card.
 say "Llama-3-8B bf16 synthetic grid"
