@@ -228,8 +228,8 @@ fn engines_differ_where_attention_does() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains(
-            "candle-eager, candle-chunked, candle-quantized, transformers-eager, \
-                       transformers-sdpa, vllm"
+            "candle-eager, candle-chunked, candle-quantized, candle-flash, \
+                       transformers-eager, transformers-sdpa, vllm"
         ),
         "{}",
         stderr(&o)
