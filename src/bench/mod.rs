@@ -127,8 +127,15 @@ impl Sweep {
         if let Some(m) = plan.max_position {
             spec = spec.with_max_position(m)?;
         }
-        // Refused before the run directory exists: candle's engines are Llamas.
+        // Refused before the run directory exists: candle's engines are Llamas, and a CPU
+        // build has no CUDA device to open.
         crate::runner::check_runnable(&spec, plan.engine).map_err(BenchError::Run)?;
+        if plan.device == DeviceChoice::Cuda && !cfg!(feature = "cuda") {
+            return Err(BenchError::Run(crate::runner::RunError::Device(
+                crate::runner::NO_CUDA.into(),
+            ))
+            .into());
+        }
         let weights = match (&plan.weights, snapshot) {
             (WeightsChoice::Synthetic, _) => WeightsSource::Synthetic { seed: plan.seed },
             (WeightsChoice::Download, Some(dir)) => WeightsSource::Local(dir),
@@ -515,6 +522,7 @@ mod tests {
             ],
             secs_per_forward: 0.5,
             tokens_per_sec: 1024.0,
+            steps: Vec::new(),
         };
         let r = Recorder {
             info: &info,

@@ -91,6 +91,7 @@ impl Recorder<'_> {
             error_by_source: BTreeMap::new(),
             stage: Stage::Grid,
             message: None,
+            decode_trace: Vec::new(),
         };
         match m {
             Ok(m) => self.measured(&mut rec, e, &m),
@@ -162,6 +163,19 @@ impl Recorder<'_> {
         }
         rec.secs_per_forward = m.secs_per_forward;
         rec.tokens_per_sec = m.tokens_per_sec;
+        rec.decode_trace = m
+            .steps
+            .iter()
+            .zip(1..)
+            .map(|(r, step)| store::DecodeStep {
+                step,
+                kv_len: r.kv_len,
+                micros: (r.secs * 1e6).round() as u64,
+                current: r.end.iter().map(|&(n, c, _)| (n.to_string(), c)).collect(),
+                peak: r.end.iter().map(|&(n, _, p)| (n.to_string(), p)).collect(),
+                settled: r.settled.iter().map(|&(n, c)| (n.to_string(), c)).collect(),
+            })
+            .collect();
     }
 }
 

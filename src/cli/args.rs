@@ -148,6 +148,11 @@ pub struct ReportArgs {
     /// What changed between two runs (two GPUs, two versions): B against A.
     #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], conflicts_with = "run_dir")]
     pub compare: Option<Vec<PathBuf>>,
+    /// Each decode phase step by step: what every source read at each step's end and
+    /// after the device settled, and on CUDA what the pool took, handed back and held
+    /// beyond the tensors (md or json).
+    #[arg(long, conflicts_with = "compare")]
+    pub decode_steps: bool,
     /// md (Markdown), html (one self-contained page; not for --compare) or json.
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,

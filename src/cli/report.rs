@@ -36,6 +36,23 @@ pub(super) fn run(a: ReportArgs) -> anyhow::Result<()> {
     let Some(dir) = a.run_dir.as_deref() else {
         return Err(BadInput("report: give a RUN_DIR or --compare RUN_A RUN_B".into()).into());
     };
+    if a.decode_steps {
+        let r = stored_report(dir)?;
+        let steps = report::decode_steps::decode_steps(&r.points);
+        match a.format {
+            ReportFormat::Md => out!(
+                "{}",
+                report::decode_steps::markdown(&dir.display().to_string(), &steps)
+            ),
+            ReportFormat::Json => outln!("{}", serde_json::to_string_pretty(&steps)?),
+            ReportFormat::Html => {
+                return Err(
+                    BadInput("--decode-steps renders md or json, not html".to_string()).into(),
+                )
+            }
+        }
+        return Ok(());
+    }
     let r = stored_report(dir)?;
     match a.format {
         ReportFormat::Md => out!("{}", report::markdown::markdown(&r)),

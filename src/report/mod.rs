@@ -5,6 +5,7 @@
 //! units <- model <- writers <- write.
 
 pub mod compare;
+pub mod decode_steps;
 pub mod html;
 pub mod markdown;
 pub mod model;

@@ -157,11 +157,7 @@ impl Accel {
                 })
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda(_) => Err(RunError::Device(
-                "this vramprobe was built without CUDA: build it with scripts/build-cuda.sh \
-                 (cargo build --features cuda), or use --device cpu"
-                    .into(),
-            )),
+            DeviceKind::Cuda(_) => Err(RunError::Device(NO_CUDA.into())),
         }
     }
 
@@ -189,6 +185,10 @@ impl Accel {
     }
 }
 
+/// Why a binary without the `cuda` feature cannot open a CUDA device.
+pub const NO_CUDA: &str = "this vramprobe was built without CUDA: build it with \
+     scripts/build-cuda.sh (cargo build --features cuda), or use --device cpu";
+
 /// One phase's measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhaseMeasurement {
@@ -201,6 +201,27 @@ pub struct PhaseMeasurement {
     pub secs_per_forward: f64,
     /// Tokens processed per second (batch * tokens / time).
     pub tokens_per_sec: f64,
+    /// The decode phase step by step (empty for other phases).
+    pub steps: Vec<StepReading>,
+}
+
+/// Every probe at the end of one decode step, and after the device settled.
+///
+/// With the pool's release threshold at "never" ([`crate::probe::cuda_pool`]), nothing is
+/// handed back inside a step, so the reservation read at the step's end is the step's
+/// highest; `settled` is what is left once the step's synchronisation trimmed the pool.
+/// The difference is what the pool took for the step and gave back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReading {
+    /// Tokens in the KV cache after this step.
+    pub kv_len: u64,
+    /// Wall time of the step's forward pass.
+    pub secs: f64,
+    /// `(name, current, peak since the phase began)` per probe, before anything is released.
+    pub end: Vec<(&'static str, u64, u64)>,
+    /// `(name, current)` per probe after the device settled (GPU only: on the CPU nothing is
+    /// held back to release).
+    pub settled: Vec<(&'static str, u64)>,
 }
 
 /// Why a phase produced no measurement.
@@ -240,6 +261,7 @@ fn phase_measurement(
         raw,
         secs_per_forward: secs,
         tokens_per_sec: tokens as f64 / secs.max(1e-12),
+        steps: Vec::new(),
     }
 }
 
@@ -602,6 +624,15 @@ impl Runner {
         let (b, s) = (w.batch as usize, w.context as usize);
         let steps = w.decode_steps.max(1) as usize;
         let primary = probes[0];
+        // The decode trace's memory, made before anything is counted (on the CPU the
+        // allocator probe would otherwise see it).
+        let blank = || StepReading {
+            kv_len: 0,
+            secs: 0.0,
+            end: Vec::with_capacity(probes.len()),
+            settled: Vec::with_capacity(probes.len()),
+        };
+        let mut trace: Vec<StepReading> = (0..steps).map(|_| blank()).collect();
         self.accel.settle();
         // Everything in use now that is not the weights (allocations made before them, the
         // warm-up's runtime buffers, the caller's bookkeeping) is not part of the point.
@@ -674,26 +705,36 @@ impl Runner {
         // release, so the step's reservation is seen; the probes' time is not counted.
         let mut decode_secs = 0.0;
         let decode = (|| {
-            for i in 0..steps {
+            for (i, r) in trace.iter_mut().enumerate() {
                 let t = Instant::now();
                 let c = cache
                     .as_mut()
                     .ok_or_else(|| RunError::Device("no cache".into()))?;
                 let logits = self.step(c, b, s + i)?;
                 self.device.synchronize()?;
-                decode_secs += t.elapsed().as_secs_f64();
+                let secs = t.elapsed().as_secs_f64();
+                decode_secs += secs;
                 drop(logits);
+                r.kv_len = (s + i + 1) as u64;
+                r.secs = secs;
+                r.end.extend(
+                    probes
+                        .iter()
+                        .map(|p| (p.name(), p.current_bytes(), p.peak_bytes())),
+                );
                 if on_gpu {
-                    for p in probes {
-                        let _ = p.peak_bytes();
-                    }
                     self.accel.settle();
+                    r.settled
+                        .extend(probes.iter().map(|p| (p.name(), p.current_bytes())));
                 }
             }
             Ok::<_, RunError>(())
         })();
         let decode = match decode {
-            Ok(()) => Ok(finish(decode_secs / steps as f64, b)),
+            Ok(()) => Ok(PhaseMeasurement {
+                steps: trace,
+                ..finish(decode_secs / steps as f64, b)
+            }),
             Err(RunError::Candle(e)) => Err(failure(e)?),
             Err(e) => return Err(e),
         };

@@ -462,6 +462,7 @@ mod tests {
             error_by_source: BTreeMap::new(),
             stage: Stage::Grid,
             message: None,
+            decode_trace: Vec::new(),
         }
     }
 

@@ -139,6 +139,31 @@ pub struct PointRecord {
     /// The device's message for an `oom` point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A decode phase step by step: what each source read at every step's end and after the
+    /// device settled (`vramprobe report RUN --decode-steps`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_trace: Vec<DecodeStep>,
+}
+
+/// One decode step's readings, raw as the probes gave them: absolute bytes in use, not
+/// reduced by the point's start or by a `--memory-limit` ballast (NVML counts the ballast;
+/// the pool does not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeStep {
+    /// 1 for the first step after the prefill.
+    pub step: u64,
+    /// Tokens in the KV cache after the step.
+    pub kv_len: u64,
+    /// Wall time of the step's forward pass, in microseconds.
+    pub micros: u64,
+    /// Each source at the step's end, before anything is released.
+    pub current: BTreeMap<String, u64>,
+    /// Each source's high-water mark since the decode phase began.
+    pub peak: BTreeMap<String, u64>,
+    /// Each source after the step's synchronisation settled the device (GPU only: the pool
+    /// has handed back what it no longer uses).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settled: BTreeMap<String, u64>,
 }
 
 /// serde_json writes a non-finite f64 as `null`; read it back as NaN ("undefined").

@@ -271,6 +271,8 @@ fn gpu_only_options_fail_clearly_on_a_cpu_build() {
         let o = vp(&format!("bench --device cuda --out {}", path_str(&out)));
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("built without CUDA"), "{}", stderr(&o));
+        // Refused before anything is made: no empty run directory is left behind.
+        assert!(!out.exists(), "{} was created", out.display());
     }
 }
 

@@ -4,6 +4,7 @@
 mod architectures;
 mod bench;
 mod chunked;
+mod decode_steps;
 mod estimate;
 mod exporter;
 mod flash;
