@@ -239,13 +239,16 @@ eager_peer() {
 }
 
 # 3f. PyTorch's full fine-tune step, the peer of 3c (transformers + torch.optim.AdamW):
-# bf16 weights and moments, and mixed precision with fp32 master weights and moments.
+# bf16 weights and moments, and mixed precision with fp32 master weights and moments, each
+# with torch's default foreach AdamW and with the fused one (fp32 + foreach: 16 bytes per
+# parameter plus a moment-sized sqrt temporary, 160 GB for Llama-3-8B: an out-of-memory
+# result on a 141 GB card, which the fused run does not have).
 train_peer() {
   say "PyTorch full fine-tune step (AdamW, states ${TORCH_TRAIN_STATES:-bf16,fp32})"
   PYTHONUNBUFFERED=1 bounded "${TORCH_TRAIN_TIMEOUT:-120}" "torch train" "$py" \
     scripts/torch_train_reference.py --model models/meta-llama-3-8b-instruct --batch 1 \
     --context "${TORCH_TRAIN_CONTEXTS:-512,1024}" --states "${TORCH_TRAIN_STATES:-bf16,fp32}" \
-    --adamw "${TORCH_TRAIN_ADAMW:-foreach}" \
+    --adamw "${TORCH_TRAIN_ADAMW:-foreach,fused}" \
     --out "$work/torch-train.jsonl" >"$work/torch-train.txt" 2>&1
   say "torch train: rc $?"; tail -n 2 "$work/torch-train.txt" | cut -c1-300 | tee -a "$log"
   pack

@@ -104,7 +104,7 @@ def build_model(torch, LlamaForCausalLM, cfg, dev, states):
     return model
 
 
-def run_states(a, torch, transformers, LlamaForCausalLM, cfg, dev, states, out):
+def run_states(a, torch, transformers, LlamaForCausalLM, cfg, dev, states, impl, out):
     meter = Meter(torch, dev)
     torch.manual_seed(0)
     t0 = time.time()
@@ -120,7 +120,7 @@ def run_states(a, torch, transformers, LlamaForCausalLM, cfg, dev, states, out):
         "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
         "config": a.config_path,
         "attn": a.attn,
-        "adamw": a.adamw,
+        "adamw": impl,
         "params": params,
         "weights_bytes": torch.cuda.memory_allocated() if dev.type == "cuda" else None,
         "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -143,7 +143,7 @@ def run_states(a, torch, transformers, LlamaForCausalLM, cfg, dev, states, out):
     for b in batches:
         oom_at = None
         for s in contexts:
-            rec = {"kind": "point", "states": states, "batch": b, "context": s,
+            rec = {"kind": "point", "states": states, "adamw": impl, "batch": b, "context": s,
                    "steps": []}
             if oom_at is not None and s > oom_at:
                 rec.update(status="skipped", reason=f"oom at context {oom_at}")
@@ -153,7 +153,7 @@ def run_states(a, torch, transformers, LlamaForCausalLM, cfg, dev, states, out):
             phase = "train_forward"
             loss = ids = opt = None
             try:
-                kw = {"fused": True} if a.adamw == "fused" else {"foreach": True}
+                kw = {"fused": True} if impl == "fused" else {"foreach": True}
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, **kw)
                 ids = torch.randint(0, vocab, (b, s), device=dev)
                 for step in range(a.steps):
@@ -212,9 +212,10 @@ def main():
     ap.add_argument("--steps", type=int, default=2, help="training steps per point (>= 2)")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
                     help="transformers' attention: sdpa (its default) or eager")
-    ap.add_argument("--adamw", default="foreach", choices=["foreach", "fused"],
-                    help="torch's AdamW implementation: foreach (its default on CUDA; "
-                         "_foreach_sqrt makes a moment-sized temporary) or fused")
+    ap.add_argument("--adamw", default="foreach",
+                    help="torch's AdamW implementation, one run each: foreach (its default on "
+                         "CUDA; _foreach_sqrt makes a moment-sized temporary), fused, or both "
+                         "(comma-separated)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--out", required=True, help="JSON lines, appended point by point")
     a = ap.parse_args()
@@ -223,6 +224,9 @@ def main():
     for st in a.states.split(","):
         if st not in ("bf16", "fp32"):
             ap.error(f"--states: {st!r} is neither bf16 nor fp32")
+    for impl in a.adamw.split(","):
+        if impl not in ("foreach", "fused"):
+            ap.error(f"--adamw: {impl!r} is neither foreach nor fused")
 
     import torch
     import transformers
@@ -240,7 +244,8 @@ def main():
         sys.exit(2)
     with open(a.out, "a", buffering=1) as out:
         for states in a.states.split(","):
-            run_states(a, torch, transformers, LlamaForCausalLM, cfg, dev, states, out)
+            for impl in a.adamw.split(","):
+                run_states(a, torch, transformers, LlamaForCausalLM, cfg, dev, states, impl, out)
 
 
 if __name__ == "__main__":
