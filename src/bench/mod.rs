@@ -189,8 +189,9 @@ impl Sweep {
     pub fn estimate(&self, backend: Backend, w: Workload) -> estimate::Estimate {
         let mut knobs = self.plan.knobs();
         if backend == Backend::Cpu {
-            // What candle's quantized kernels repack depends on this CPU.
+            // What candle's quantized kernels repack, and gemm's blocks, depend on this CPU.
             knobs.cpu_simd = crate::runner::quantized::cpu_simd();
+            knobs.gemm_kc_max = crate::runner::gemm_kc_max();
         }
         if let Some(layout) = &self.quant_layout {
             return estimate::estimate_layout(

@@ -73,8 +73,9 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
     let quant = a.q.quant_for(engine)?;
     let mut knobs = a.q.chunked.knobs();
     if backend == Backend::Cpu {
-        // What candle's quantized kernels repack depends on this CPU.
+        // What candle's quantized kernels repack, and gemm's blocks, depend on this CPU.
         knobs.cpu_simd = crate::runner::quantized::cpu_simd();
+        knobs.gemm_kc_max = crate::runner::gemm_kc_max();
     }
     let layout = a.q.gguf_layout(&spec, engine)?;
     let e = match &layout {
@@ -90,7 +91,8 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
             &knobs,
         ),
     };
-    let (overheads, overheads_source) = load_overheads(a.q.calibration.as_deref())?;
+    let (overheads, overheads_source) =
+        load_overheads(a.q.calibration.as_deref(), a.gpu.as_deref())?;
     let process = (backend == Backend::Cuda).then(|| {
         (
             cuda_est::process(&e, Phase::Prefill, 0, &overheads),
@@ -101,6 +103,7 @@ pub(super) fn run(a: EstimateArgs) -> anyhow::Result<()> {
         Some(fit_results(
             &a.q.fit_query(&spec, dtype, engine, w, overheads, layout.as_ref()),
             a.gpu.as_deref(),
+            a.q.calibration.is_some(),
         )?)
     } else {
         None

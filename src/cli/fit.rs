@@ -11,11 +11,34 @@ use crate::report;
 use crate::spec::DType;
 use serde_json::json;
 
-/// The fit of `q` on every GPU of the catalogue, or on the one `only` names.
-pub(super) fn fit_results(q: &FitQuery<'_>, only: Option<&str>) -> anyhow::Result<Vec<GpuFit>> {
+/// The fit of `q` on every GPU of the catalogue, or on the one `only` names. Unless the
+/// user gave a calibration (`calibrated`), each GPU with a committed calibration is fitted
+/// with its own measured CUDA terms, the others with `q`'s.
+pub(super) fn fit_results(
+    q: &FitQuery<'_>,
+    only: Option<&str>,
+    calibrated: bool,
+) -> anyhow::Result<Vec<GpuFit>> {
     Ok(select_gpus(only)?
         .into_iter()
-        .map(|g| fit::fit(q, g))
+        .map(|g| {
+            let own = (!calibrated)
+                .then(|| crate::estimate::cuda::committed_for(g.name))
+                .flatten();
+            match own {
+                Some(c) => GpuFit {
+                    calibration: Some(c.file),
+                    ..fit::fit(
+                        &FitQuery {
+                            overheads: c.overheads,
+                            ..*q
+                        },
+                        g,
+                    )
+                },
+                None => fit::fit(q, g),
+            }
+        })
         .collect())
 }
 
@@ -82,7 +105,7 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
     };
     let w: Workload = grid.workloads(&spec)?[0];
     super::check_engine_workload(&spec, engine, a.q.quant_for(engine)?, w, a.q.train.mode)?;
-    let (overheads, source) = load_overheads(a.q.calibration.as_deref())?;
+    let (overheads, source) = load_overheads(a.q.calibration.as_deref(), a.gpu.as_deref())?;
     let layout = a.q.gguf_layout(&spec, engine)?;
     let q =
         a.q.fit_query(&spec, dtype, engine, w, overheads, layout.as_ref());
@@ -95,7 +118,7 @@ pub(super) fn run(a: FitArgs) -> anyhow::Result<()> {
         return run_train(&a, &q, &source);
     }
     let assumed = grid.assumptions(&spec);
-    let fits = fit_results(&q, a.gpu.as_deref())?;
+    let fits = fit_results(&q, a.gpu.as_deref(), a.q.calibration.is_some())?;
     let v = json!({
         "model": spec.name(), "dtype": dtype, "engine": engine.as_str(), "mode": "inference",
         "batch": w.batch, "context": w.context, "decode_steps": w.decode_steps,

@@ -213,14 +213,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The CUDA overheads: from a calibration file, else the measured H100 defaults.
-fn load_overheads(calibration: Option<&Path>) -> anyhow::Result<(CudaOverheads, String)> {
-    match calibration {
-        None => Ok((
-            CudaOverheads::default(),
-            "default: NVIDIA H100 80GB HBM3, driver 580.159.04, measured 2026-11-26".to_string(),
-        )),
-        Some(p) => {
+/// The CUDA overheads: from a calibration file; else the committed calibration of the one
+/// GPU `--gpu` names, where there is one; else the measured H100 defaults (and in a fit over
+/// the catalogue, each GPU's committed calibration where it has one).
+fn load_overheads(
+    calibration: Option<&Path>,
+    gpu: Option<&str>,
+) -> anyhow::Result<(CudaOverheads, String)> {
+    use crate::estimate::cuda;
+    let committed = gpu
+        .and_then(crate::estimate::gpus::find)
+        .and_then(|g| cuda::committed_for(g.name));
+    match (calibration, committed) {
+        (None, Some(c)) => Ok((c.overheads, c.describe())),
+        (None, None) => {
+            let mut source =
+                "default: NVIDIA H100 80GB HBM3, driver 580.159.04, measured 2026-11-26"
+                    .to_string();
+            let with: Vec<String> = cuda::committed()?
+                .iter()
+                .map(|c| format!("{} ({})", c.gpu_name, c.file))
+                .collect();
+            if gpu.is_none() && !with.is_empty() {
+                source.push_str(&format!(
+                    "; fits use the committed calibration of {}",
+                    with.join(", ")
+                ));
+            }
+            Ok((CudaOverheads::default(), source))
+        }
+        (Some(p), _) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| BadInput(format!("{}: {e}", p.display())))?;
             let shown = p.display().to_string();

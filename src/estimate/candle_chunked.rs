@@ -51,6 +51,19 @@ pub struct Knobs {
     pub quant: super::candle_quantized::GgmlType,
     /// candle-quantized on the CPU: which x86 kernels candle runs (what it repacks).
     pub cpu_simd: super::candle_quantized::CpuSimd,
+    /// On the CPU: gemm's largest reduction block (`kc`) for f32, which sets the size of the
+    /// weight block it packs per call. gemm-common derives it from the L1 data cache: 512 for
+    /// 32 KiB 8-way (its floor), 1024 by its formula for 48 KiB 12-way. The bench and
+    /// `estimate --device cpu` read this machine's (`runner::gemm_kc_max`).
+    #[serde(default = "gemm_kc_max_floor")]
+    pub gemm_kc_max: u64,
+}
+
+/// gemm-common's floor for its largest reduction block (`kernel_params`: `.max(512)`).
+pub const GEMM_KC_MAX_FLOOR: u64 = 512;
+
+fn gemm_kc_max_floor() -> u64 {
+    GEMM_KC_MAX_FLOOR
 }
 
 impl Default for Knobs {
@@ -61,6 +74,7 @@ impl Default for Knobs {
             attention_block: DEFAULT_ATTENTION_BLOCK,
             quant: super::candle_quantized::GgmlType::Q4K,
             cpu_simd: super::candle_quantized::CpuSimd::Portable,
+            gemm_kc_max: GEMM_KC_MAX_FLOOR,
         }
     }
 }
@@ -509,7 +523,8 @@ fn prefill_replay(
     replay_prefill(d, w, k)
 }
 
-fn replay_prefill(d: Dims, w: Workload, k: &Knobs) -> Breakdown {
+fn replay_prefill(mut d: Dims, w: Workload, k: &Knobs) -> Breakdown {
+    d.gemm_kc_max = k.gemm_kc_max;
     let capacity = k.capacity(w);
     let b = w.batch;
     let mut r = Replay::new();
@@ -541,7 +556,8 @@ pub fn decode(
     replay_decode(Dims::new(spec, dtype, backend), w, k)
 }
 
-fn replay_decode(d: Dims, w: Workload, k: &Knobs) -> Breakdown {
+fn replay_decode(mut d: Dims, w: Workload, k: &Knobs) -> Breakdown {
+    d.gemm_kc_max = k.gemm_kc_max;
     let capacity = k.capacity(w);
     let pos = w.context + w.decode_steps.max(1) - 1;
     let mut r = Replay::new();
@@ -593,6 +609,41 @@ mod tests {
             assert!(seen.iter().all(|&n| n == 1), "{b} {h} {c} {pos} {budget}");
         }
         assert_eq!(attention_blocks(2, 8, 16, 0, 1 << 30).len(), 1);
+    }
+
+    /// gemm's reduction block on the CPU sets how much of a weight it packs: the tiny model's
+    /// down projection (768 inputs) is packed in two blocks of 384 rows where the ceiling is
+    /// 512 and whole where it is 1024; CUDA ignores the knob.
+    #[test]
+    fn gemm_block_ceiling_sets_the_packed_weight() {
+        let spec = ModelSpec::from_json_str(
+            crate::TINY_CONFIG,
+            std::path::Path::new(crate::TINY_CONFIG_PATH),
+        )
+        .unwrap();
+        let w = Workload {
+            batch: 1,
+            context: 128,
+            decode_steps: 4,
+        };
+        let at = |kc: u64, backend: Backend| {
+            let k = Knobs {
+                gemm_kc_max: kc,
+                ..Knobs::default()
+            };
+            prefill(&spec, DType::F32, backend, w, &k)
+        };
+        let (small, large) = (at(512, Backend::Cpu), at(1024, Backend::Cpu));
+        // With the 1024 ceiling the whole 768 x 256 block is packed at once and sets the peak;
+        // with 512 it is packed in halves and the peak moves elsewhere, lower.
+        assert_eq!(
+            large.get(MatmulWorkspace),
+            768 * 256 * 4 + GEMM_CALL_BYTES,
+            "{large:?}"
+        );
+        assert!(small.total() < large.total(), "{small:?} {large:?}");
+        assert!(small.get(MatmulWorkspace) < 384 * 256 * 4 + GEMM_CALL_BYTES + 1);
+        assert_eq!(at(512, Backend::Cuda), at(1024, Backend::Cuda));
     }
 
     /// Replaying only the last chunk and block of each shape gives the peak of replaying

@@ -53,6 +53,8 @@ pub(super) struct Dims {
     pub(super) exhaustive: bool,
     /// candle-chunked with FlashAttention-2 (`candle-flash`): no scores, no mask.
     pub(super) flash: bool,
+    /// gemm's largest reduction block on this CPU (`Knobs::gemm_kc_max`).
+    pub(super) gemm_kc_max: u64,
 }
 
 impl Dims {
@@ -73,6 +75,7 @@ impl Dims {
             // Cache::new: cos and sin, each (max_position_embeddings, head_dim / 2).
             rope: 2 * spec.max_position_embeddings * (spec.head_dim / 2) * e,
             half: dtype != DType::F32,
+            gemm_kc_max: super::candle_chunked::GEMM_KC_MAX_FLOOR,
             cpu: backend == Backend::Cpu,
             exhaustive: false,
             flash: false,
@@ -119,7 +122,7 @@ impl Dims {
         let kc = if small {
             in_w.min(512)
         } else {
-            in_w.div_ceil(in_w.div_ceil(1024))
+            in_w.div_ceil(in_w.div_ceil(self.gemm_kc_max.max(1)))
         };
         if small || out_w <= 2 * GEMM_ROW_BLOCK {
             kc * out_w.next_multiple_of(GEMM_MR) * 4

@@ -19,8 +19,11 @@
 //!   round_up(one layer's K, 2 MiB)`; the ratio (0.65) was fitted on the H100 grid run and
 //!   holds on the separate boundary run (reports/gpu/2026-11-26-h100-80gb).
 //!
-//! Defaults are the H100 80GB HBM3 / driver 580.159.04 / CUDA 13.0 figures measured on
-//! 2026-11-26; a calibration file written by `bench --device cuda` replaces them.
+//! Each GPU model's terms come from its committed calibration (`calibrations/*.json`, a
+//! `calibration.json` that `bench --device cuda` wrote on that GPU and driver, compiled in);
+//! a GPU without one gets the H100 80GB HBM3 / driver 580.159.04 / CUDA 13.0 figures measured
+//! on 2026-11-26 (the committed H100 calibration; a test keeps them equal), and a calibration
+//! file given with `--calibration` replaces both.
 
 use super::{Estimate, Phase};
 use serde::{Deserialize, Serialize};
@@ -107,6 +110,77 @@ impl CudaOverheads {
             decode_slack_permille: field("decode_slack_permille", Some(d.decode_slack_permille))?,
         })
     }
+}
+
+/// The calibrations committed under `calibrations/` (compiled in by build.rs).
+mod committed_files {
+    include!(concat!(env!("OUT_DIR"), "/calibrations.rs"));
+}
+
+/// A committed calibration: the CUDA terms measured on one GPU model with one driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The file under `calibrations/`.
+    pub file: &'static str,
+    /// The GPU's name as NVML reports it.
+    pub gpu_name: String,
+    pub driver_version: String,
+    pub overheads: CudaOverheads,
+}
+
+impl Committed {
+    /// `calibrations/FILE (GPU, driver D)`, for `overheads_source`.
+    pub fn describe(&self) -> String {
+        format!(
+            "calibrations/{} ({}, driver {})",
+            self.file, self.gpu_name, self.driver_version
+        )
+    }
+}
+
+/// Every committed calibration, parsed.
+///
+/// # Errors
+/// [`CalibrationError`] naming the first committed file that is not a calibration (the tests
+/// keep every committed file readable).
+pub fn committed() -> Result<Vec<Committed>, CalibrationError> {
+    committed_files::COMMITTED_FILES
+        .iter()
+        .map(|&(file, text)| {
+            let path = format!("calibrations/{file}");
+            let overheads = CudaOverheads::from_calibration_json(text, &path)?;
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| CalibrationError {
+                    path: path.clone(),
+                    reason: format!("not JSON: {e}"),
+                })?;
+            let field = |name: &str| {
+                v["gpu"][name]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| CalibrationError {
+                        path: path.clone(),
+                        reason: format!("missing field `gpu.{name}`"),
+                    })
+            };
+            Ok(Committed {
+                file,
+                gpu_name: field("name")?,
+                driver_version: field("driver_version")?,
+                overheads,
+            })
+        })
+        .collect()
+}
+
+/// The committed calibration of the GPU NVML calls `gpu_name`: of several drivers, the newest.
+pub fn committed_for(gpu_name: &str) -> Option<Committed> {
+    let version = |d: &str| -> Vec<u64> { d.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    committed()
+        .ok()?
+        .into_iter()
+        .filter(|c| c.gpu_name == gpu_name)
+        .max_by(|a, b| version(&a.driver_version).cmp(&version(&b.driver_version)))
 }
 
 impl Default for CudaOverheads {
@@ -261,6 +335,29 @@ mod tests {
             p.total_bytes(),
             p.pool_reserved_bytes + 614_465_536 + 98_566_144
         );
+    }
+
+    #[test]
+    fn committed_calibrations_are_read_and_the_default_is_the_h100s() {
+        let all = committed().unwrap();
+        assert!(!all.is_empty(), "no calibrations/*.json compiled in");
+        let h100 = committed_for("NVIDIA H100 80GB HBM3").unwrap();
+        assert_eq!(h100.driver_version, "580.159.04");
+        assert_eq!(h100.overheads, H100_DRIVER_580);
+        assert_eq!(CudaOverheads::default(), h100.overheads);
+        assert!(h100.describe().starts_with("calibrations/"));
+        assert_eq!(committed_for("NVIDIA A100-SXM4-40GB"), None);
+        // Every committed file names a GPU of the catalogue, so that `fit` finds it.
+        for c in &all {
+            assert!(
+                super::super::gpus::CATALOGUE
+                    .iter()
+                    .any(|g| g.name == c.gpu_name),
+                "{}: {} is not in the catalogue",
+                c.file,
+                c.gpu_name
+            );
+        }
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct GpuFit {
     /// gradients and optimizer states sharded over data-parallel GPUs).
     pub parallelism: &'static str,
     pub bf16: bool,
+    /// The committed calibration whose CUDA terms this GPU's fit used (`calibrations/`);
+    /// absent where the query's terms were used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<&'static str>,
 }
 
 const SPLIT: [Component; 9] = [
@@ -235,6 +239,7 @@ fn gpu_fit(
         tp_bytes_per_gpu: split.map(|t| t.1),
         parallelism,
         bf16: gpu.bf16(),
+        calibration: None,
     }
 }
 

@@ -360,7 +360,7 @@ impl BenchPlan {
             kv_capacity: self.kv_capacity,
             attention_block: self.attention_block.unwrap_or(d.attention_block),
             quant: self.quant.unwrap_or(d.quant),
-            cpu_simd: d.cpu_simd,
+            ..d
         }
     }
 

@@ -185,6 +185,26 @@ impl Accel {
     }
 }
 
+/// gemm's largest reduction block (`kc`) for f32 on this CPU, as gemm-common 0.19 computes it
+/// from the L1 data cache (`cache::kernel_params`) for the micro-kernel it picks here (FMA:
+/// 16 x 6 tiles; AVX-512: 64 x 6). It sets how much of a weight gemm packs per call, which
+/// the CPU estimate of candle-chunked's linear layers replays: 512 with a 32 KiB 8-way L1d
+/// (measured on an AMD EPYC development machine, 2026-12-04), 1024 by the same formula with
+/// 48 KiB 12-way (the estimate's former constant, fitted on the machine that built it).
+pub fn gemm_kc_max() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    let (mr, nr) = if is_x86_feature_detected!("avx512f") {
+        (64, 6)
+    } else {
+        (16, 6)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (mr, nr) = (16, 6);
+    // A reduction long enough to be split into blocks of the largest size, which it divides.
+    let k = 1 << 20;
+    gemm_common::cache::kernel_params(4096, 4096, k, mr, nr, 4).kc as u64
+}
+
 /// Why a binary without the `cuda` feature cannot open a CUDA device.
 pub const NO_CUDA: &str = "this vramprobe was built without CUDA: build it with \
      scripts/build-cuda.sh (cargo build --features cuda), or use --device cpu";

@@ -452,3 +452,64 @@ fn qwen_configs_are_estimated_and_refused_by_bench_with_the_reason() {
         }
     }
 }
+
+/// Each GPU's CUDA terms come from its committed calibration (`calibrations/*.json`): a fit
+/// over the catalogue fits the H100 with the H100's file and says so, the GPUs without one
+/// with the default; `estimate --fit --gpu h100-sxm` names the file as its source; a
+/// `--calibration` file replaces them all, and the H100's fit moves by what it changes.
+#[test]
+fn committed_calibrations_set_each_gpus_terms() {
+    let file = "nvidia-h100-80gb-hbm3-driver-580.159.04.json";
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("calibrations").join(file)).unwrap(),
+    )
+    .unwrap();
+    let fit = |extra: &str| -> Value {
+        let o = vp(&format!(
+            "fit --model models/meta-llama-3-8b-instruct --context 4096 --json {extra}"
+        ));
+        ok(&o);
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let on = |v: &Value, gpu: &str| -> Value {
+        v["fit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["gpu"] == gpu)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {gpu} in {v}"))
+    };
+    let all = fit("");
+    assert_eq!(on(&all, "h100-sxm")["calibration"], file);
+    assert!(on(&all, "a100-80gb").get("calibration").is_none());
+    assert!(
+        all["overheads_source"].as_str().unwrap().contains(file),
+        "{}",
+        all["overheads_source"]
+    );
+
+    let o = vp("estimate --model models/meta-llama-3-8b-instruct --context 4096 --fit --gpu h100-sxm --json");
+    ok(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        v["process"]["overheads_source"],
+        format!("calibrations/{file} (NVIDIA H100 80GB HBM3, driver 580.159.04)")
+    );
+    assert_eq!(v["process"]["overheads"], committed["overheads"]);
+
+    // A calibration given by the user wins, for every GPU.
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("calibration.json");
+    let mut c = committed.clone();
+    let context = c["overheads"]["context_bytes"].as_u64().unwrap();
+    c["overheads"]["context_bytes"] = (context + (1 << 30)).into();
+    std::fs::write(&mine, c.to_string()).unwrap();
+    let theirs = fit(&format!("--calibration {}", path_str(&mine)));
+    let h100 = on(&theirs, "h100-sxm");
+    assert!(h100.get("calibration").is_none(), "{h100}");
+    assert_eq!(
+        h100["needed_bytes"].as_u64().unwrap(),
+        on(&all, "h100-sxm")["needed_bytes"].as_u64().unwrap() + (1 << 30)
+    );
+}
