@@ -39,23 +39,8 @@ import os
 import sys
 import time
 
-
-def nvml_process_bytes():
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        own = os.getpid()
-        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-        for p in procs:
-            if p.pid == own:
-                return int(p.usedGpuMemory or 0)
-        if len(procs) == 1:  # a container without the host PID namespace
-            return int(procs[0].usedGpuMemory or 0)
-    except Exception:  # NVML missing or not answering: not fatal for a reference run
-        return None
-    return None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_reference import nvml_process_bytes  # noqa: E402  (one NVML reading for both peers)
 
 
 class Meter:
