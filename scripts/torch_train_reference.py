@@ -86,6 +86,11 @@ def build_model(torch, LlamaForCausalLM, cfg, dev, states):
     model.train()
     # The loss needs no KV cache; vramprobe's training step keeps none either.
     model.config.use_cache = False
+    if hasattr(model, "set_attn_implementation"):  # transformers 4.5x and 5.x
+        try:
+            model.set_attn_implementation(cfg._attn_implementation)
+        except Exception as e:  # older: the config attribute set before the build is enough
+            print(f"set_attn_implementation: {e}", file=sys.stderr)
     return model
 
 
@@ -222,7 +227,10 @@ def main():
     cfg.use_cache = False
     # sdpa is what a user gets by default; vramprobe's candle step is eager attention, so
     # `--attn eager` is the like-for-like peer and sdpa the one people run.
-    cfg._attn_implementation = a.attn
+    try:
+        cfg._attn_implementation = a.attn
+    except Exception as e:  # a transformers that keeps it read-only: set on the model below
+        print(f"config._attn_implementation: {e}", file=sys.stderr)
     dev = torch.device(a.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("torch sees no CUDA device (use --device cpu for a dry run)", file=sys.stderr)
