@@ -4,8 +4,8 @@ use super::{out, outln, BadInput, ReportArgs, ReportFormat};
 use crate::report;
 use std::path::Path;
 
-/// A stored run's report, or a clear error when `dir` is not a run directory.
-fn stored_report(dir: &Path) -> anyhow::Result<report::model::Report> {
+/// A clear error when `dir` is not a run directory.
+fn check_run_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.join("run.json").is_file() {
         return Err(BadInput(format!(
             "{}: no run.json there: not a vramprobe run directory",
@@ -13,6 +13,12 @@ fn stored_report(dir: &Path) -> anyhow::Result<report::model::Report> {
         ))
         .into());
     }
+    Ok(())
+}
+
+/// A stored run's report, or a clear error when `dir` is not a run directory.
+fn stored_report(dir: &Path) -> anyhow::Result<report::model::Report> {
+    check_run_dir(dir)?;
     Ok(report::model::build(dir)?)
 }
 
@@ -37,8 +43,9 @@ pub(super) fn run(a: ReportArgs) -> anyhow::Result<()> {
         return Err(BadInput("report: give a RUN_DIR or --compare RUN_A RUN_B".into()).into());
     };
     if a.decode_steps {
-        let r = stored_report(dir)?;
-        let steps = report::decode_steps::decode_steps(&r.points);
+        // Only the points are needed, not the whole report.
+        check_run_dir(dir)?;
+        let steps = report::decode_steps::decode_steps(&crate::store::read_points(dir)?);
         match a.format {
             ReportFormat::Md => out!(
                 "{}",
